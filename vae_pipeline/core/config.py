@@ -1,0 +1,141 @@
+"""Frozen configuration for data, model and training; each default says why it is what it is.
+
+Every config validates itself on construction, so a bad value fails before any work starts
+and with a message that names the field and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+DATASETS = ("mnist", "fashion_mnist")
+ARCHITECTURES = ("mlp", "conv")
+LIKELIHOODS = ("bernoulli", "gaussian")
+BINARIZATIONS = ("dynamic", "static", "none")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the field and the fix."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{name}={value!r} is not supported; use one of {', '.join(allowed)}.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset to ingest and how to split it."""
+
+    dataset: str = "mnist"  # "fashion_mnist" uses the same IDX format and code path
+    val_size: int = 10_000  # carved from the 60k training images; test stays untouched
+    split_seed: int = 0  # the split is a seeded permutation, so it is reproducible
+
+    def __post_init__(self) -> None:
+        _one_of("dataset", self.dataset, DATASETS)
+        _require(
+            0 < self.val_size < 60_000,
+            f"val_size={self.val_size} must be between 1 and 59999 (the training set has 60000 images).",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The encoder/decoder architecture and the likelihood p(x|z)."""
+
+    architecture: str = "mlp"  # "mlp" is Kingma & Welling's 784-400-20; "conv" a small CNN
+    hidden_dims: tuple[int, ...] = (400,)  # the reference PyTorch example's single hidden layer
+    latent_dim: int = 20  # reference example; enough for MNIST without many inactive units
+    likelihood: str = "bernoulli"  # MNIST pixels are near-binary; Bernoulli gives NLL in nats comparable to the literature
+    gaussian_sigma: float | None = None  # fixed decoder std for "gaussian"; None learns one shared log-sigma
+    variational: bool = True  # False builds the deterministic auto-encoder baseline, same architecture
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (channels, height, width) of the input
+    conv_channels: tuple[int, ...] = (32, 64)  # conv encoder channels; the decoder mirrors them
+
+    def __post_init__(self) -> None:
+        _one_of("architecture", self.architecture, ARCHITECTURES)
+        _one_of("likelihood", self.likelihood, LIKELIHOODS)
+        _require(self.latent_dim >= 1, f"latent_dim={self.latent_dim} must be at least 1.")
+        _require(
+            len(self.hidden_dims) >= 1 and all(h >= 1 for h in self.hidden_dims),
+            f"hidden_dims={self.hidden_dims} must list at least one positive width.",
+        )
+        _require(
+            self.gaussian_sigma is None or self.gaussian_sigma > 0,
+            f"gaussian_sigma={self.gaussian_sigma} must be positive, or None to learn it.",
+        )
+        _require(
+            len(self.conv_channels) >= 1 and all(c >= 1 for c in self.conv_channels),
+            f"conv_channels={self.conv_channels} must list at least one positive channel count.",
+        )
+
+    @property
+    def input_dim(self) -> int:
+        c, h, w = self.image_shape
+        return c * h * w
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation: epochs, batches, the objective's knobs and the seed."""
+
+    epochs: int = 10  # enough for a useful model in ~1 minute on a 2-core CPU
+    batch_size: int = 128  # the reference example's batch; the benchmark compares at this size
+    learning_rate: float = 1e-3  # Adam default; stable for this model size
+    beta: float = 1.0  # weight of the KL term; 1.0 is the true ELBO (beta-VAE otherwise)
+    kl_warmup_epochs: int = 0  # linear ramp of beta from 0 over this many epochs; 0 disables
+    free_bits: float = 0.0  # per-dimension KL floor in nats (Kingma et al. 2016); 0 disables
+    mc_samples: int = 1  # L samples of z per example; 1 is the standard estimator
+    binarization: str = "dynamic"  # Bernoulli targets: fresh binary draw per epoch avoids overfitting
+    seed: int = 0  # seeds init, batch order, binarization and epsilon
+    amp: bool = True  # mixed precision on CUDA only; ignored on CPU
+    grad_clip_norm: float | None = None  # None leaves gradients as they are
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"epochs={self.epochs} must be at least 1.")
+        _require(self.batch_size >= 1, f"batch_size={self.batch_size} must be at least 1.")
+        _require(self.learning_rate > 0, f"learning_rate={self.learning_rate} must be positive.")
+        _require(self.beta >= 0, f"beta={self.beta} must be non-negative.")
+        _require(self.kl_warmup_epochs >= 0, f"kl_warmup_epochs={self.kl_warmup_epochs} must be >= 0.")
+        _require(self.free_bits >= 0, f"free_bits={self.free_bits} must be >= 0.")
+        _require(self.mc_samples >= 1, f"mc_samples={self.mc_samples} must be at least 1.")
+        _one_of("binarization", self.binarization, BINARIZATIONS)
+        _require(
+            self.grad_clip_norm is None or self.grad_clip_norm > 0,
+            f"grad_clip_norm={self.grad_clip_norm} must be positive or None.",
+        )
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A flat, JSON-friendly dict of a config (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Rebuild a config from `to_dict` output, restoring tuples."""
+    fields = {f.name: f for f in cls.__dataclass_fields__.values()}  # type: ignore[attr-defined]
+    kwargs = {}
+    for k, v in values.items():
+        if k not in fields:
+            raise ConfigError(f"unknown {cls.__name__} field {k!r}; known: {', '.join(fields)}.")
+        kwargs[k] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "BINARIZATIONS",
+    "DATASETS",
+    "LIKELIHOODS",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "from_dict",
+    "to_dict",
+]
