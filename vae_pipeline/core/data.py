@@ -10,8 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
-import tempfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +19,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
+
+from vae_pipeline.core.atomic import atomic_path
 
 STORE_FORMAT_VERSION = "1"
 PIXEL_SCALE = 1.0 / 255.0  # stored uint8 * PIXEL_SCALE gives the [0, 1] image
@@ -112,6 +112,11 @@ class RawDataset:
 
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train_labels), "test": len(self.test_labels)}
+
+    @property
+    def content_version(self) -> str:
+        """sha256 over the four files' decompressed md5s: changes exactly when the data does."""
+        return hashlib.sha256("".join(self.files[k].content_md5 for k in sorted(self.files)).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -366,20 +371,10 @@ def write_tensor_store(path: Path | str, arrays: Mapping[str, np.ndarray], metad
 
     A failure at any point leaves an existing store at `path` untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     digest = content_hash(arrays)
     meta = {"format_version": STORE_FORMAT_VERSION, "pixel_scale": "1/255", "content_sha256": digest, **metadata}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(dict(arrays), tmp, metadata={k: str(v) for k, v in meta.items()})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(dict(arrays), str(tmp), metadata={k: str(v) for k, v in meta.items()})
     return digest
 
 

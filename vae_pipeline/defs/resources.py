@@ -1,0 +1,73 @@
+"""Resources that own paths: the data folder and the JSON manifests that carry lineage."""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from vae_pipeline.core.atomic import atomic_path
+
+DATA_DIR_ENV = "VAE_PIPELINE_DATA_DIR"
+MNIST_DIR_ENV = "VAE_PIPELINE_MNIST_DIR"
+
+
+def default_data_dir() -> str:
+    """The data folder: $VAE_PIPELINE_DATA_DIR, else ./data."""
+    return os.environ.get(DATA_DIR_ENV, "data")
+
+
+class PipelineStorage(dg.ConfigurableResource):
+    """Where every file of the pipeline lives, under one data folder."""
+
+    data_dir: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    def path(self, *parts: str) -> Path:
+        """A path under the data folder; its parent folder exists."""
+        path = self.root.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write JSON so that readers never see half a file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
+
+
+class ManifestIOManager(dg.ConfigurableIOManager):
+    """Stores each asset's output as a small JSON manifest (paths, versions, figures), never a pickle.
+
+    The heavy artifacts (tensor store, checkpoints, parquet) are written by the assets under the
+    data folder; the manifest says where they are, so downstream assets receive them as parameters.
+    """
+
+    storage: PipelineStorage
+
+    def _path(self, key: dg.AssetKey) -> Path:
+        return self.storage.root / "manifests" / f"{'__'.join(key.path)}.json"
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        write_json_atomic(self._path(context.asset_key), obj)
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        path = self._path(context.asset_key)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing: materialize {context.asset_key.to_user_string()} first "
+                f"(or point {DATA_DIR_ENV} at the data folder it was written to)."
+            )
+        return json.loads(path.read_text())
+
+
+def default_resources(data_dir: str | None = None) -> dict[str, Any]:
+    """The resources the definitions use; tests pass their own data folder."""
+    storage = PipelineStorage(data_dir=data_dir or default_data_dir())
+    return {"storage": storage, "io_manager": ManifestIOManager(storage=storage)}
