@@ -126,14 +126,14 @@ class TestTrustworthiness:
 class TestTsneEmbedding:
     def test_shape_and_determinism_for_a_fixed_seed(self):
         x, _ = clusters(30, dim=6, seed=0)
-        a = tsne_embedding(x, seed=7, perplexity=10, n_jobs=1, n_iter=100)
-        b = tsne_embedding(torch.from_numpy(x), seed=7, perplexity=10, n_jobs=1, n_iter=100)
+        a = tsne_embedding(x, seed=7, perplexity=10, n_jobs=1, n_iter=50, early_exaggeration_iter=50)
+        b = tsne_embedding(torch.from_numpy(x), seed=7, perplexity=10, n_jobs=1, n_iter=50, early_exaggeration_iter=50)
         assert a.shape == (120, 2)
         np.testing.assert_allclose(a, b)
 
     def test_clusters_stay_together_in_the_map(self):
         x, y = clusters(30, dim=6, seed=0)
-        emb = tsne_embedding(x, seed=0, perplexity=10, n_jobs=1, n_iter=200)
+        emb = tsne_embedding(x, seed=0, perplexity=10, n_jobs=1, n_iter=100, early_exaggeration_iter=50)
         assert knn_accuracy(emb, y, emb, y, k=3).accuracy == 1.0
 
     def test_too_few_points_for_the_perplexity_fail_loudly(self):
