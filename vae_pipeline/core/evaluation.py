@@ -79,9 +79,9 @@ def tsne_embedding(
 
     openTSNE with FFT-interpolated gradients (Linderman et al. 2019) is O(n) per iteration, where
     Barnes-Hut is O(n log n) and slower for n >= a few thousand. Neighbours are found exactly:
-    on <= 100-d latents the exact search is as fast as Annoy at n = 10,000 and does not depend on
-    thread scheduling, so a fixed seed gives the same map. PCA initialisation keeps the global
-    layout stable across seeds (Kobak & Linderman 2021). The iteration counts are openTSNE's
+    on 20-d latents at n = 10,000 the exact search took 0.4 s against Annoy's 3.3 s, and it does
+    not depend on thread scheduling, so a fixed seed gives the same map. PCA initialisation keeps
+    more of the global layout than a random one (Kobak & Linderman 2021). The iteration counts are openTSNE's
     defaults (250 exaggerated + 500); on two busy CPU cores, 20-d latents took 36 s at n = 5,000
     and 51 s at n = 10,000, most of it in the late iterations, whose FFT grid grows with the map.
     """
@@ -283,7 +283,9 @@ def decode_interpolations(
 ) -> torch.Tensor:
     """Decoded images along each straight latent line: (n_pairs, steps, *image_shape), on the CPU.
 
-    The latents stay on the device they came in on; `decode` must accept them there.
+    `decode` must return pixel-space images (Bernoulli probabilities or Gaussian means), not
+    logits: step sizes in logit space are dominated by saturated background pixels. The latents
+    stay on the device they came in on; `decode` must accept them there.
     """
     z = interpolate_latents(z_a, z_b, steps)  # (n_pairs, steps, d)
     flat = z.reshape(-1, z.shape[-1])  # (n_pairs * steps, d)
