@@ -82,8 +82,9 @@ def tsne_embedding(
     on 20-d latents at n = 10,000 the exact search took 0.4 s against Annoy's 3.3 s, and it does
     not depend on thread scheduling, so a fixed seed gives the same map. PCA initialisation keeps
     more of the global layout than a random one (Kobak & Linderman 2021). The iteration counts are openTSNE's
-    defaults (250 exaggerated + 500); on two busy CPU cores, 20-d latents took 36 s at n = 5,000
-    and 51 s at n = 10,000, most of it in the late iterations, whose FFT grid grows with the map.
+    defaults (250 exaggerated + 500); on two CPU cores shared with another job, 20-d latents took
+    31-36 s at n = 5,000 and 39-51 s at n = 10,000, mostly in the late iterations, whose FFT grid
+    grows with the map.
     """
     x = np.ascontiguousarray(as_numpy(latents), dtype=np.float64)
     _check_rows("latents", x)
