@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from vae_pipeline.core.train import (
     Callback,
     History,
     NonFiniteLossError,
+    ProgressPrinter,
     fit,
     load_checkpoint,
     load_model,
@@ -207,6 +209,15 @@ class TestCallbacks:
         recorder = _Recorder()
         fit(build_model(MODEL), _images(32), _images(16, seed=1), _cfg(epochs=2), "cpu", callbacks=[recorder])
         assert recorder.events == ["begin@0", "epoch1:1", "epoch2:2", "end:2"]
+
+
+class TestProgressPrinter:
+    def test_prints_one_line_per_epoch(self) -> None:
+        stream = io.StringIO()
+        fit(build_model(MODEL), _images(32), _images(16, seed=1), _cfg(epochs=2), "cpu", callbacks=[ProgressPrinter(stream)])
+        lines = stream.getvalue().splitlines()
+        assert [line.split()[:2] for line in lines] == [["epoch", "1/2"], ["epoch", "2/2"]]
+        assert all("val_neg_elbo=" in line for line in lines)
 
 
 @pytest.mark.slow
