@@ -67,7 +67,13 @@ class ManifestIOManager(dg.ConfigurableIOManager):
         return json.loads(path.read_text())
 
 
-def default_resources(data_dir: str | None = None) -> dict[str, Any]:
-    """The resources the definitions use; tests pass their own data folder."""
+def default_resources(data_dir: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The resources the definitions use; tests pass their own data folder and tracking URI."""
+    from vae_pipeline.defs.tracking import MlflowTracking  # tracking imports this module
+
     storage = PipelineStorage(data_dir=data_dir or default_data_dir())
-    return {"storage": storage, "io_manager": ManifestIOManager(storage=storage)}
+    return {
+        "storage": storage,
+        "io_manager": ManifestIOManager(storage=storage),
+        "mlflow_tracking": MlflowTracking(storage=storage, tracking_uri=tracking_uri),
+    }

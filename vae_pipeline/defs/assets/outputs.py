@@ -1,0 +1,205 @@
+"""Outputs of a trained model: latent embeddings (parquet), prior samples, reconstruction report."""
+
+import base64
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import torch
+from safetensors.torch import save_file
+
+from vae_pipeline.core import data, evaluation, latents, plots, reports
+from vae_pipeline.core.atomic import atomic_path
+from vae_pipeline.core.device import resolve_device
+from vae_pipeline.core.inference import interpolate, sample_prior
+from vae_pipeline.core.train import load_model
+from vae_pipeline.defs.resources import PipelineStorage
+from vae_pipeline.defs.tracking import MlflowTracking
+
+GROUP = "outputs"
+
+
+def png_markdown(path: Path, alt: str) -> dg.MetadataValue:
+    """A PNG embedded in markdown, so the Dagster UI shows the picture itself."""
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")
+
+
+def version_folder(storage: PipelineStorage, kind: str, vae_model: dict) -> Path:
+    """<data>/<kind>/<model name>/v<version>/: each model version keeps its own outputs."""
+    return storage.path(kind, vae_model["model_name"], f"v{vae_model['model_version']:04d}", "x").parent
+
+
+def latents_folder(storage: PipelineStorage, vae_model: dict) -> Path:
+    return storage.path("latents", vae_model["model_name"], "x").parent
+
+
+def log_artifacts(mlflow_tracking: MlflowTracking, run_id: str, paths: list[Path], artifact_path: str) -> None:
+    """Attach files to the model's MLflow run (the same run that trained it)."""
+    client = mlflow_tracking.activate()
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+class LatentEmbeddingsConfig(dg.Config):
+    seed: int = 0  # the fixed binarization that per-example NLLs are scored on
+
+
+@dg.asset(group_name=GROUP, kinds={"parquet"})
+def latent_embeddings(
+    context: dg.AssetExecutionContext,
+    config: LatentEmbeddingsConfig,
+    storage: PipelineStorage,
+    mnist_tensors: dict,
+    vae_model: dict,
+) -> dg.Output:
+    """One parquet row per image (train, val, test): mu, logvar, reconstruction NLL and KL, model version."""
+    device = resolve_device("auto")
+    model = load_model(vae_model["checkpoint"], device)
+    store = data.load_tensor_store(mnist_tensors["path"])
+    encoded = reports.encode_splits(model, store, device, seed=config.seed)
+    footer = {
+        "model_name": vae_model["model_name"],
+        "model_version": str(vae_model["model_version"]),
+        "mlflow_run_id": vae_model["mlflow_run_id"],
+        "data_version": mnist_tensors["content_sha256"],
+        "scoring_seed": str(config.seed),
+    }
+    table = latents.latent_table(encoded, vae_model["model_version"], footer)
+    folder = latents_folder(storage, vae_model)
+    path = latents.write_parquet(table, folder / f"v{vae_model['model_version']:04d}.parquet")
+    counts = {name: len(split["label"]) for name, split in encoded.items()}
+    context.log.info(f"wrote {table.num_rows} rows to {path}")
+    return dg.Output(
+        {"path": str(path), "folder": str(folder), "model_name": vae_model["model_name"],
+         "model_version": vae_model["model_version"], "rows": counts},
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "folder": dg.MetadataValue.path(str(folder)),
+            "model_version": vae_model["model_version"],
+            "rows": table.num_rows,
+            "rows_per_split": dg.MetadataValue.json(counts),
+            "mean_test_recon_nll": float(encoded["test"]["recon_nll"].mean()),
+            "mean_test_kl": float(encoded["test"]["kl"].mean()),
+            "dagster/column_schema": dg.TableSchema(
+                columns=[dg.TableColumn(f.name, str(f.type)) for f in table.schema]
+            ),
+            "query": dg.MetadataValue.md(
+                f"```python\npd.read_parquet({str(folder)!r}, filters=[('model_version', '==', "
+                f"{vae_model['model_version']})])\n```"
+            ),
+        },
+    )
+
+
+class PriorSamplesConfig(dg.Config):
+    n_samples: int = 64  # an 8x8 grid
+    seed: int = 0  # z ~ N(0, I) is drawn from a generator with this seed
+    n_interpolations: int = 8  # pairs of test digits of different classes
+    interpolation_steps: int = 10
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch"})
+def prior_samples(
+    context: dg.AssetExecutionContext,
+    config: PriorSamplesConfig,
+    storage: PipelineStorage,
+    mlflow_tracking: MlflowTracking,
+    mnist_tensors: dict,
+    vae_model: dict,
+) -> dg.Output:
+    """Images decoded from z ~ N(0, I) (a tensor file and a PNG grid) and interpolations between test digits."""
+    device = resolve_device("auto")
+    model = load_model(vae_model["checkpoint"], device)
+    folder = version_folder(storage, "samples", vae_model)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    samples = sample_prior(model, config.n_samples, generator, device)  # (n, 1, 28, 28)
+    tensor_path = folder / "prior_samples.safetensors"
+    with atomic_path(tensor_path) as tmp:
+        save_file({"images": samples.contiguous()}, str(tmp), metadata={"seed": str(config.seed)})
+    grid = plots.image_grid_png(samples, folder / "prior_samples.png", nrow=8, title=f"z ~ N(0, I), seed {config.seed}")
+
+    test = data.load_tensor_store(mnist_tensors["path"])["test"]
+    a, b = evaluation.pick_interpolation_pairs(test.labels.numpy(), config.n_interpolations, config.seed)
+    x = test.float_images()
+    frames = [interpolate(model, x[i], x[j], config.interpolation_steps, device) for i, j in zip(a, b)]
+    strip = plots.interpolation_strip_png(frames, folder / "interpolations.png", title="latent interpolations (mu to mu)")
+    log_artifacts(mlflow_tracking, vae_model["mlflow_run_id"], [tensor_path, grid, strip], "samples")
+    return dg.Output(
+        {"tensor_path": str(tensor_path), "grid_png": str(grid), "interpolations_png": str(strip),
+         "model_version": vae_model["model_version"]},
+        metadata={
+            "prior_samples": png_markdown(grid, "prior samples"),
+            "interpolations": png_markdown(strip, "interpolations"),
+            "tensor_path": dg.MetadataValue.path(str(tensor_path)),
+            "model_version": vae_model["model_version"],
+        },
+    )
+
+
+class ReconstructionReportConfig(dg.Config):
+    gallery_size: int = 16  # worst and best test reconstructions shown
+
+
+@dg.asset(group_name=GROUP, kinds={"parquet"})
+def reconstruction_report(
+    context: dg.AssetExecutionContext,
+    config: ReconstructionReportConfig,
+    storage: PipelineStorage,
+    mlflow_tracking: MlflowTracking,
+    mnist_tensors: dict,
+    vae_model: dict,
+    latent_embeddings: dict,
+) -> dg.Output:
+    """Per-class test reconstruction error, the worst and best reconstructions, and the change since the last version."""
+    rows = pd.read_parquet(latent_embeddings["folder"], columns=["image_id", "split", "label", "recon_nll", "kl", "model_version"])
+    version = vae_model["model_version"]
+    current = rows[rows["model_version"] == version]
+    test = current[current["split"] == "test"]
+    stats = evaluation.per_class_error_stats(test["recon_nll"].to_numpy(), test["label"].to_numpy())
+    folder = version_folder(storage, "reports", vae_model)
+    errors_path = latents.write_parquet(
+        pa.Table.from_pandas(current.reset_index(drop=True), preserve_index=False),
+        folder / "reconstruction_errors.parquet",
+    )
+
+    device = resolve_device("auto")
+    model = load_model(vae_model["checkpoint"], device)
+    images = data.load_tensor_store(mnist_tensors["path"])["test"].float_images()
+    worst, best = evaluation.extreme_indices(test["recon_nll"].to_numpy(), config.gallery_size)
+    galleries = {}
+    for name, idx in (("worst", worst), ("best", best)):
+        pairs = reports.reconstruction_pairs(model, images[torch.as_tensor(idx)], device)
+        galleries[name] = plots.image_grid_png(
+            pairs, folder / f"{name}_reconstructions.png", nrow=8, title=f"{name} test reconstructions (original | reconstruction)"
+        )
+
+    earlier = sorted(v for v in rows["model_version"].unique() if v < version)
+    metadata = {
+        "per_class_recon_nll": dg.MetadataValue.md(stats.round(3).to_markdown()),
+        "mean_test_recon_nll": float(test["recon_nll"].mean()),
+        "worst": png_markdown(galleries["worst"], "worst reconstructions"),
+        "best": png_markdown(galleries["best"], "best reconstructions"),
+        "errors_parquet": dg.MetadataValue.path(str(errors_path)),
+        "model_version": version,
+    }
+    change = None
+    if earlier:
+        before = rows[(rows["model_version"] == earlier[-1]) & (rows["split"] == "test")]
+        previous = evaluation.per_class_error_stats(before["recon_nll"].to_numpy(), before["label"].to_numpy())
+        change = reports.per_class_change(stats, previous)
+        metadata["previous_version"] = int(earlier[-1])
+        metadata["change_vs_previous"] = dg.MetadataValue.md(change.round(3).to_markdown())
+        metadata["mean_change_vs_previous"] = float(test["recon_nll"].mean() - before["recon_nll"].mean())
+    stats_path = folder / "per_class.csv"
+    with atomic_path(stats_path) as tmp:
+        stats.to_csv(tmp)
+    log_artifacts(mlflow_tracking, vae_model["mlflow_run_id"], [stats_path, *galleries.values()], "reconstruction_report")
+    mlflow_tracking.activate().log_metric(vae_model["mlflow_run_id"], "test_recon_nll_at_mu", float(test["recon_nll"].mean()))
+    return dg.Output(
+        {"errors_parquet": str(errors_path), "per_class_csv": str(stats_path),
+         "galleries": {k: str(v) for k, v in galleries.items()}, "model_version": version,
+         "previous_version": int(earlier[-1]) if earlier else None},
+        metadata=metadata,
+    )
