@@ -6,8 +6,6 @@ switch, no figure registry that leaks memory in a long-running Dagster process.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vae_pipeline.core.atomic import atomic_path
 from vae_pipeline.core.evaluation import ArrayLike, as_numpy
 
 DPI = 100  # figure sizes below are in pixels; inches are pixels / DPI
@@ -24,25 +23,11 @@ TITLE_PX = 28  # band above a grid that holds its title
 
 
 def _save_png(fig: Figure, path: Path | str) -> Path:
-    """Write the figure to `path` through a temporary file in the same folder and a rename.
-
-    A reader (the Dagster UI, MLflow) never sees a half-written PNG, and a failure leaves an
-    existing file untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the figure atomically: a reader (the Dagster UI, MLflow) never sees a half-written PNG."""
     FigureCanvasAgg(fig)  # attaches itself to the figure
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=DPI)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return Path(path)
 
 
 def _as_images(images: ArrayLike) -> np.ndarray:

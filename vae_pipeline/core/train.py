@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from typing import Any, TextIO
 
 import torch
 
+from vae_pipeline.core.atomic import atomic_path
 from vae_pipeline.core.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
 from vae_pipeline.core.inference import active_units
 from vae_pipeline.core.losses import beta_at_epoch, elbo_terms
@@ -153,22 +152,9 @@ def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (temporary file in the same folder, fsync, rename).
-
-    A crash while writing leaves the previous checkpoint intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a checkpoint atomically: a crash while writing leaves the previous checkpoint intact."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:

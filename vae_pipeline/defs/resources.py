@@ -45,25 +45,34 @@ class ManifestIOManager(dg.ConfigurableIOManager):
 
     The heavy artifacts (tensor store, checkpoints, parquet) are written by the assets under the
     data folder; the manifest says where they are, so downstream assets receive them as parameters.
+    Manifests are kept per run (manifests/<asset>/<run id>.json): a downstream step reads the one
+    its own run wrote, else the one of the run that Dagster records as the latest materialization,
+    so two runs at once never hand each other their outputs.
     """
 
     storage: PipelineStorage
 
-    def _path(self, key: dg.AssetKey) -> Path:
-        return self.storage.root / "manifests" / f"{'__'.join(key.path)}.json"
+    def _path(self, key: dg.AssetKey, run_id: str) -> Path:
+        return self.storage.root / "manifests" / "__".join(key.path) / f"{run_id}.json"
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
-        write_json_atomic(self._path(context.asset_key), obj)
+        write_json_atomic(self._path(context.asset_key, context.run_id), obj)
 
     def load_input(self, context: dg.InputContext) -> Any:
-        path = self._path(context.asset_key)
+        key = context.asset_key
+        path = self._path(key, context.step_context.run_id)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} is missing: materialize {context.asset_key.to_user_string()} first "
-                f"(or point {DATA_DIR_ENV} at the data folder it was written to)."
-            )
+            latest = context.instance.get_latest_materialization_event(key)
+            if latest is None:
+                raise FileNotFoundError(f"{key.to_user_string()} has never been materialized; materialize it first.")
+            path = self._path(key, latest.run_id)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} is missing: the latest materialization of {key.to_user_string()} wrote it under "
+                    f"another data folder; point {DATA_DIR_ENV} there or re-materialize {key.to_user_string()}."
+                )
         return json.loads(path.read_text())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -219,3 +220,24 @@ class TestChecks:
         assert not data.check_value_range(data.TensorStore({"train": dark, "val": split, "test": split})).passed
         wide = data.Split(images=torch.zeros(4, 28, 30, dtype=torch.uint8), labels=split.labels, index=split.index)
         assert not data.check_shapes(data.TensorStore({"train": wide, "val": split, "test": split})).passed
+
+
+FASHION_DIR = Path(os.environ.get("VAE_PIPELINE_FASHION_DIR", "/usr/share/datasets/fashion-mnist"))
+
+
+@pytest.mark.skipif(
+    not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist; .ci/run installs it)",
+)
+class TestFashionMnist:
+    """The second dataset goes through the same code path, chosen by name."""
+
+    def test_official_files_verify_and_count(self) -> None:
+        raw = data.read_raw_dataset(FASHION_DIR, "fashion_mnist")
+        assert raw.counts() == {"train": 60000, "test": 10000}
+        assert all(f.verified for f in raw.files.values())
+        assert np.bincount(raw.test_labels, minlength=10).tolist() == [1000] * 10
+
+    def test_fashion_files_are_not_mnist(self) -> None:
+        with pytest.raises(DataError, match="does not match the official mnist file"):
+            data.read_raw_dataset(FASHION_DIR, "mnist")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -64,8 +66,8 @@ class TestImageGridPng:
         image_grid_png(digits(4), path, nrow=2)
         before = path.read_bytes()
 
-        def half_written(self, fh, **kwargs):
-            fh.write(PNG_SIGNATURE)
+        def half_written(self, target, **kwargs):
+            Path(target).write_bytes(PNG_SIGNATURE)
             raise OSError("disk full")
 
         monkeypatch.setattr(Figure, "savefig", half_written)

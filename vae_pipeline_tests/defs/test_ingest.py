@@ -42,7 +42,7 @@ class TestMaterializeSlice:
         store = data.load_tensor_store(store_path)
         assert {n: len(s) for n, s in store.splits.items()} == {"train": 1000, "val": 200, "test": 300}
 
-        manifest = json.loads((tmp_path / "manifests" / "mnist_tensors.json").read_text())
+        manifest = json.loads((tmp_path / "manifests" / "mnist_tensors" / f"{result.run_id}.json").read_text())
         assert manifest["path"] == str(store_path) and manifest["content_sha256"] == store.content_sha256
 
         mat = result.asset_materializations_for_node("mnist_tensors")[0]
