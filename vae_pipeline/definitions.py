@@ -7,6 +7,7 @@ from vae_pipeline.defs.assets import evaluation, ingest, outputs, training
 from vae_pipeline.defs.checks import DATA_CHECKS
 from vae_pipeline.defs.jobs import nightly_retrain, vae_pipeline_job
 from vae_pipeline.defs.resources import default_resources
+from vae_pipeline.defs.validation import checked_in_process_executor
 
 # Flush denormal floats to zero: the logits of MNIST's always-black border pixels drift until
 # Adam's squared gradients are denormal, which slows CPU training by 15-20% (measured in
@@ -21,5 +22,6 @@ defs = dg.Definitions(
     schedules=[nightly_retrain],
     resources=default_resources(),
     # One process per run: on a 2-core machine a process per step costs more (imports) than it buys.
-    executor=dg.in_process_executor,
+    # Every asset's config is checked before the first step (defs/validation.py).
+    executor=checked_in_process_executor,
 )

@@ -13,6 +13,7 @@ DATASETS = ("mnist", "fashion_mnist")
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
 BINARIZATIONS = ("dynamic", "static", "none")
+OFFICIAL_TRAIN_IMAGES = 60_000  # the training file of MNIST and of Fashion-MNIST; validation is carved from it
 
 
 class ConfigError(ValueError):
@@ -39,9 +40,15 @@ class DataConfig:
     def __post_init__(self) -> None:
         _one_of("dataset", self.dataset, DATASETS)
         _require(
-            0 < self.val_size < 60_000,
-            f"val_size={self.val_size} must be between 1 and 59999 (the training set has 60000 images).",
+            0 < self.val_size < OFFICIAL_TRAIN_IMAGES,
+            f"val_size={self.val_size} must be between 1 and {OFFICIAL_TRAIN_IMAGES - 1} "
+            f"(the training set has {OFFICIAL_TRAIN_IMAGES} images).",
         )
+
+    @property
+    def max_train_images(self) -> int:
+        """The most training images this split can leave (fewer for a deliberate slice of the files)."""
+        return OFFICIAL_TRAIN_IMAGES - self.val_size
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,7 @@ __all__ = [
     "BINARIZATIONS",
     "DATASETS",
     "LIKELIHOODS",
+    "OFFICIAL_TRAIN_IMAGES",
     "ConfigError",
     "DataConfig",
     "ModelConfig",

@@ -8,12 +8,15 @@ from typing import Any
 import dagster as dg
 import mlflow
 import numpy as np
+import torch
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from vae_pipeline.core.train import Callback
+from vae_pipeline.core.inference import encode_mean
+from vae_pipeline.core.train import Callback, load_model
 from vae_pipeline.defs.resources import PipelineStorage
 
 CHALLENGER = "challenger"
@@ -41,6 +44,11 @@ class MlflowTracking(dg.ConfigurableResource):
         if os.environ.get("MLFLOW_TRACKING_URI"):
             return os.environ["MLFLOW_TRACKING_URI"]
         return f"sqlite:///{self.storage.path('mlflow', 'mlflow.db')}"
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Resources start before the run's first step: an unreachable server fails the run before ingest.
+        uri = self.uri()
+        self._check_reachable(MlflowClient(tracking_uri=uri, registry_uri=uri), uri)
 
     def activate(self) -> MlflowClient:
         """Point MLflow's fluent API at this store, check it answers, and return a client."""
@@ -115,13 +123,6 @@ def log_encoder_model(checkpoint: Path, example: np.ndarray, registered_model_na
 
     With `registered_model_name`, the model becomes a new version of that registered model.
     """
-    from mlflow.models import infer_signature
-
-    from vae_pipeline.core.train import load_model
-    from vae_pipeline.core.inference import encode_mean
-
-    import torch
-
     model = load_model(checkpoint, "cpu")
     c, h, w = model.cfg.image_shape
     mu, _ = encode_mean(model, torch.as_tensor(example).reshape(-1, c, h, w), device="cpu")

@@ -111,6 +111,8 @@ def _train_tracked(
     A finished result for the same fingerprint is reused without training. A checkpoint left by
     an interrupted materialization is resumed, and its MLflow run continued.
     """
+    # Both checks come before anything is written: a bad batch size or tracking URI leaves no folder.
+    _validate_against_data(train_cfg, mnist_tensors["counts"]["train"])
     client = mlflow_tracking.activate()  # fails fast on an unreachable tracking server
     data_version = mnist_tensors["content_sha256"]
     fingerprint = _fingerprint(model_cfg, train_cfg, data_version, device)
@@ -122,7 +124,6 @@ def _train_tracked(
         return {**summary, "reused": True}
 
     store = data.load_tensor_store(mnist_tensors["path"])
-    _validate_against_data(train_cfg, len(store["train"]))
     experiment_id = mlflow_tracking.experiment_id(client)
     run_id = json.loads(run_path.read_text())["run_id"] if run_path.is_file() else None
     if run_id is not None and checkpoint.is_file():
