@@ -1,0 +1,135 @@
+"""Bad config fails before any step runs, with the field and the fix, and writes nothing."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from vae_pipeline.core.config import ConfigError
+from vae_pipeline.defs.resources import DATA_DIR_ENV, default_resources
+from vae_pipeline.defs.validation import check_run_config, checked_in_process_executor
+from vae_pipeline_tests.defs.test_graph import run_config
+
+# (vae_model config override, words the message must contain)
+BAD_TRAINING = {
+    "negative epochs": ({"epochs": -3}, ["ops.vae_model.config", "epochs=-3", "at least 1"]),
+    "latent dim 0": ({"latent_dim": 0}, ["ops.vae_model.config", "latent_dim=0", "at least 1"]),
+    "unknown likelihood": ({"likelihood": "poisson"}, ["ops.vae_model.config", "likelihood='poisson'", "bernoulli, gaussian"]),
+    "batch larger than any split": ({"batch_size": 100_000}, ["ops.vae_model.config", "batch_size=100000", "smaller batch_size"]),
+    "cuda without a GPU": ({"device": "cuda"}, ["ops.vae_model.config", "device='cuda'", "device=auto or cpu"]),
+}
+
+
+def _bad_config(case: str, source_dir: Path = Path("/nonexistent")) -> dict:
+    overrides, _ = BAD_TRAINING[case]
+    return run_config(source_dir, **overrides).to_config_dict()
+
+
+@pytest.fixture(autouse=True)
+def _no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The "cuda" case means "a machine without CUDA"; on a GPU runner pretend there is none.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+class TestCheckRunConfig:
+    def test_the_tiny_and_the_default_configs_pass(self, tmp_path: Path) -> None:
+        check_run_config(run_config(tmp_path).to_config_dict())
+        check_run_config({})
+
+    @pytest.mark.parametrize("case", sorted(BAD_TRAINING))
+    def test_each_bad_value_names_the_field_and_the_fix(self, case: str) -> None:
+        with pytest.raises(ConfigError) as info:
+            check_run_config(_bad_config(case))
+        for words in BAD_TRAINING[case][1]:
+            assert words in str(info.value)
+
+    def test_a_bad_ingest_value_is_named_too(self) -> None:
+        with pytest.raises(ConfigError, match=r"ops.mnist_tensors.config: val_size=0 must be between 1 and 59999"):
+            check_run_config({"ops": {"mnist_tensors": {"config": {"val_size": 0}}}})
+        with pytest.raises(ConfigError, match=r"ops.mnist_raw.config: dataset='cifar'"):
+            check_run_config({"ops": {"mnist_raw": {"config": {"dataset": "cifar"}}}})
+
+
+def checked_job() -> dg.JobDefinition:
+    """The pipeline job with the code location's executor, on $VAE_PIPELINE_DATA_DIR (for dg.reconstructable).
+
+    Dagster caches the job it rebuilds, so the data folder is fixed per module (the tracking URI is
+    read from $MLFLOW_TRACKING_URI at run time).
+    """
+    from vae_pipeline.definitions import defs
+
+    location = dg.Definitions(
+        assets=defs.assets,
+        asset_checks=defs.asset_checks,
+        jobs=defs.jobs,
+        resources=default_resources(os.environ[DATA_DIR_ENV]),
+        executor=checked_in_process_executor,
+    )
+    return location.resolve_job_def("vae_pipeline_job")
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    data_dir = tmp_path_factory.mktemp("untouched")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DATA_DIR_ENV, str(data_dir))
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{data_dir.parent / 'mlflow.db'}")
+        yield data_dir
+
+
+def _run_without_steps(run_config: dict) -> str:
+    """Run the whole graph; assert it failed before any step started; return the failure's text."""
+    with dg.instance_for_test() as instance:
+        result = dg.execute_job(dg.reconstructable(checked_job), instance, run_config=run_config)
+        assert not result.success
+        assert [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START] == []
+        failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+        return str(failure.event_specific_data.error)
+
+
+class TestRunFailsBeforeAnyStep:
+    """A real run of the whole graph (execute_in_process would swap the executor)."""
+
+    @pytest.mark.parametrize("case", sorted(BAD_TRAINING))
+    def test_bad_training_config(self, case: str, data_dir: Path, mnist_slice_dir: Path) -> None:
+        message = _run_without_steps(_bad_config(case, mnist_slice_dir))
+        for words in BAD_TRAINING[case][1]:
+            assert words in message
+        assert _files(data_dir) == []
+
+    def test_unreachable_tracking_server(self, data_dir: Path, mnist_slice_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        with socket.socket() as s:  # a free port that nothing listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        message = _run_without_steps(run_config(mnist_slice_dir).to_config_dict())
+        assert f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in message
+        assert "mlflow server --host 127.0.0.1" in message
+        assert _files(data_dir) == []
+
+
+def test_batch_larger_than_a_slice_fails_before_training_writes_anything(tmp_path: Path, mnist_slice_dir: Path) -> None:
+    """The slice has 1,000 training images: the launch check cannot know, vae_model checks before its folder exists."""
+    from mlflow.tracking import MlflowClient
+
+    from vae_pipeline_tests.defs.test_graph import materialize_all
+
+    result = materialize_all(tmp_path, mnist_slice_dir, batch_size=5000)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "vae_model"
+    assert "batch_size=5000 is larger than the 1000 training images" in str(failure.event_specific_data.error)
+    assert not (tmp_path / "models").exists()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
