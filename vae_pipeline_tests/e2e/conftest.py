@@ -1,0 +1,232 @@
+"""Real servers for the end-to-end tests: `mlflow server` and `dagster dev` (webserver + daemon) on 127.0.0.1.
+
+Each server runs in its own process group with its logs in a file; teardown always terminates the
+group (SIGTERM, then SIGKILL). Every wait is bounded. Neither server is given a host: the tests
+check that the defaults bind the loopback interface only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from vae_pipeline_tests.conftest import REPO_ROOT
+from vae_pipeline_tests.defs.test_graph import run_config
+
+BIN = Path(sys.executable).parent
+ARTIFACTS = REPO_ROOT / "test-artifacts"  # git-ignored; CI keeps screenshots and server logs here
+TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout_s: float, interval_s: float = 0.5, log: Path | None = None) -> Any:
+    """Poll `probe` until it returns something truthy; fail with the log's tail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+        except (requests.RequestException, OSError):
+            value = None
+        if value:
+            return value
+        time.sleep(interval_s)
+    tail = log.read_text(errors="replace")[-4000:] if log and log.is_file() else ""
+    pytest.fail(f"{what} not ready after {timeout_s}s\n{tail}")
+
+
+@dataclass
+class Server:
+    """A server process (and its children) in its own process group."""
+
+    name: str
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout_s: float = 20) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(timeout=timeout_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def start_server(name: str, argv: list[str], port: int, log: Path, env: dict[str, str]) -> Server:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            argv, cwd=REPO_ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    return Server(name, process, port, log)
+
+
+def listening_addresses(server: Server) -> set[str]:
+    """The local IP addresses that the server's process group listens on (TCP)."""
+    import psutil
+
+    group = {p.pid for p in psutil.process_iter() if _pgid(p.pid) == server.process.pid}
+    return {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.pid in group}
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+@pytest.fixture(scope="session")
+def e2e_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(e2e_root: Path) -> Iterator[Server]:
+    """`mlflow server` with a sqlite backend and its artifacts under the test's temporary folder."""
+    port = free_port()
+    root = e2e_root / "mlflow"
+    root.mkdir()
+    server = start_server(
+        "mlflow",
+        [str(BIN / "mlflow"), "server", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        port, ARTIFACTS / "logs" / "mlflow-server.log", env={},
+    )
+    try:
+        wait_for("mlflow server", lambda: requests.get(f"{server.url}/health", timeout=2).ok, 120, log=server.log)
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class DagsterDev:
+    server: Server
+    home: Path
+    data_dir: Path
+    tracking_uri: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None, timeout_s: float = 60) -> dict[str, Any]:
+        response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=timeout_s)
+        assert response.ok, f"GraphQL {response.status_code}: {response.text[:2000]}"
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def client(self):  # noqa: ANN201 - dagster_graphql.DagsterGraphQLClient
+        from dagster_graphql import DagsterGraphQLClient
+
+        return DagsterGraphQLClient("127.0.0.1", port_number=self.server.port, timeout=60)
+
+    def launch(self, config: dict[str, Any], job: str = "vae_pipeline_job") -> str:
+        """Launch a run of `job` through the GraphQL API (the dagster-graphql client); returns its id."""
+        return self.client().submit_job_execution(
+            job, repository_location_name="vae_pipeline", repository_name="__repository__", run_config=config
+        )
+
+    def wait(self, run_id: str, timeout_s: float = 300) -> str:
+        """Wait for a run to end; returns SUCCESS, FAILURE or CANCELED."""
+        client = self.client()
+        return wait_for(
+            f"run {run_id}", lambda: (s := client.get_run_status(run_id).value) in TERMINAL and s, timeout_s, 1.0, log=self.server.log
+        )
+
+    def run_events(self, run_id: str) -> list[dict[str, Any]]:
+        data = self.graphql(
+            """query($runId: ID!) { logsForRun(runId: $runId, limit: 5000) {
+                 __typename ... on EventConnection { events { __typename
+                   ... on MessageEvent { message }
+                   ... on StepEvent { stepKey }
+                   ... on ExecutionStepFailureEvent { error { message } }
+                   ... on RunFailureEvent { error { message } } } } } }""",
+            {"runId": run_id},
+        )
+        return data["logsForRun"]["events"]
+
+
+LOCATION_QUERY = """{ workspaceOrError { __typename ... on Workspace { locationEntries {
+  name loadStatus locationOrLoadError { __typename } } } } }"""
+
+
+@pytest.fixture(scope="session")
+def dagster_dev(e2e_root: Path, mlflow_server: Server, mnist_slice_dir: Path) -> Iterator[DagsterDev]:
+    """`dagster dev` (webserver, daemon, code server) on this repo's definitions, tracking to the MLflow server."""
+    port = free_port()
+    home, data_dir = e2e_root / "dagster_home", e2e_root / "data"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {
+        "DAGSTER_HOME": str(home),
+        "VAE_PIPELINE_DATA_DIR": str(data_dir),
+        "VAE_PIPELINE_MNIST_DIR": str(mnist_slice_dir),
+        "MLFLOW_TRACKING_URI": mlflow_server.url,
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+    }
+    server = start_server(
+        "dagster", [str(BIN / "dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(port)],
+        port, ARTIFACTS / "logs" / "dagster-dev.log", env,
+    )
+    dev = DagsterDev(server, home, data_dir, mlflow_server.url)
+    try:
+        wait_for("dagster webserver", lambda: requests.get(f"{server.url}/server_info", timeout=2).ok, 180, log=server.log)
+
+        def location_loaded() -> bool:
+            entries = dev.graphql(LOCATION_QUERY)["workspaceOrError"]["locationEntries"]
+            loaded = [e for e in entries if e["name"] == "vae_pipeline" and e["loadStatus"] == "LOADED"]
+            if loaded and loaded[0]["locationOrLoadError"]["__typename"] != "RepositoryLocation":
+                pytest.fail(f"code location failed to load:\n{server.log.read_text(errors='replace')[-4000:]}")
+            return bool(loaded)
+
+        wait_for("code location vae_pipeline", location_loaded, 180, log=server.log)
+        yield dev
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_config(mnist_slice_dir: Path) -> Callable[..., dict[str, Any]]:
+    """The tiny whole-graph run config (a slice of real MNIST), as a plain dict for GraphQL."""
+
+    def make(seed: int = 0, **training: object) -> dict[str, Any]:
+        return run_config(mnist_slice_dir, seed, **training).to_config_dict()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def first_run(dagster_dev: DagsterDev, tiny_config: Callable[..., dict[str, Any]]) -> str:
+    """The whole graph materialized once through GraphQL (seed 0); the run id."""
+    run_id = dagster_dev.launch(tiny_config(seed=0))
+    status = dagster_dev.wait(run_id, timeout_s=400)
+    assert status == "SUCCESS", [e for e in dagster_dev.run_events(run_id) if "Failure" in e["__typename"]]
+    return run_id

@@ -1,0 +1,108 @@
+"""The product as its users run it: `dagster dev` and `mlflow server`, a launch through GraphQL, the schedule."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from vae_pipeline_tests.defs.test_validation import BAD_TRAINING
+from vae_pipeline_tests.e2e.conftest import DagsterDev, Server, listening_addresses
+
+pytestmark = pytest.mark.slow
+
+ASSETS = {
+    "mnist_raw", "mnist_tensors", "vae_model", "autoencoder_baseline", "latent_embeddings",
+    "prior_samples", "reconstruction_report", "latent_evaluation", "champion_model",
+}
+
+
+def test_servers_listen_on_loopback_only(dagster_dev: DagsterDev, mlflow_server: Server) -> None:
+    """Started without a host, both servers (and dagster's code server) bind 127.0.0.1 only."""
+    for server in (dagster_dev.server, mlflow_server):
+        addresses = listening_addresses(server)
+        assert addresses, f"{server.name} listens nowhere?"
+        assert addresses <= {"127.0.0.1", "::1"}, f"{server.name} listens on {addresses}"
+
+
+def test_whole_graph_through_graphql_lands_in_mlflow(dagster_dev: DagsterDev, first_run: str) -> None:
+    steps = {e["stepKey"] for e in dagster_dev.run_events(first_run) if e["__typename"] == "MaterializationEvent"}
+    assert steps == ASSETS
+    client = MlflowClient(tracking_uri=dagster_dev.tracking_uri)  # the server's REST API
+    runs = client.search_runs(
+        [client.get_experiment_by_name("vae-pipeline").experiment_id], f"tags.`dagster.run_id` = '{first_run}'"
+    )
+    assert sorted(r.data.tags["role"] for r in runs) == ["autoencoder", "vae"]
+    vae_run = next(r for r in runs if r.data.tags["role"] == "vae")
+    assert vae_run.info.status == "FINISHED"
+    assert {"val_neg_elbo", "eval_iwae_nll", "test_recon_nll_at_mu"} <= set(vae_run.data.metrics)
+    versions = [v for v in client.search_model_versions("name='vae-mnist'") if v.run_id == vae_run.info.run_id]
+    assert len(versions) == 1 and versions[0].status == "READY"
+    champion = client.get_model_version_by_alias("vae-mnist", "champion")
+    assert champion.run_id == vae_run.info.run_id  # the first model has no champion to beat
+    artifacts = {a.path for a in client.list_artifacts(vae_run.info.run_id)}
+    assert {"checkpoint", "samples", "evaluation", "reconstruction_report"} <= artifacts  # MLflow 3 keeps the model apart
+    # the files are where the README says, under the data folder dagster dev was given
+    parquet = dagster_dev.data_dir / "latents" / "vae-mnist" / f"v{int(versions[0].version):04d}.parquet"
+    assert len(pd.read_parquet(parquet)) == 1500
+
+
+def test_the_nightly_schedule_is_registered_and_a_tick_requests_the_job(dagster_dev: DagsterDev) -> None:
+    data = dagster_dev.graphql(
+        """{ schedulesOrError(repositorySelector: {repositoryLocationName: "vae_pipeline", repositoryName: "__repository__"}) {
+             ... on Schedules { results { name cronSchedule executionTimezone pipelineName
+               scheduleState { status } } } }
+           instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"""
+    )
+    schedules = {s["name"]: s for s in data["schedulesOrError"]["results"]}
+    nightly = schedules["nightly_retrain"]
+    assert (nightly["cronSchedule"], nightly["executionTimezone"], nightly["pipelineName"]) == ("0 2 * * *", "UTC", "vae_pipeline_job")
+    assert nightly["scheduleState"]["status"] == "RUNNING"  # the daemon will tick it without anyone switching it on
+    daemons = {d["daemonType"]: d for d in data["instance"]["daemonHealth"]["allDaemonStatuses"]}
+    assert daemons["SCHEDULER"]["healthy"], daemons
+    # A tick at tonight's 02:00, evaluated by the code server (the UI's "Test schedule").
+    tick = dt.datetime.now(dt.timezone.utc).replace(hour=2, minute=0, second=0, microsecond=0).timestamp()
+    dry = dagster_dev.graphql(
+        """mutation($selector: ScheduleSelector!, $timestamp: Float) { scheduleDryRun(selectorData: $selector, timestamp: $timestamp) {
+             __typename ... on DryRunInstigationTick { timestamp evaluationResult { skipReason error { message }
+               runRequests { jobName runKey tags { key value } } } } ... on PythonError { message } } }""",
+        {"selector": {"repositoryLocationName": "vae_pipeline", "repositoryName": "__repository__", "scheduleName": "nightly_retrain"},
+         "timestamp": tick},
+    )["scheduleDryRun"]
+    assert dry["__typename"] == "DryRunInstigationTick", dry
+    requests_ = dry["evaluationResult"]["runRequests"]
+    assert len(requests_) == 1 and requests_[0]["jobName"] in (None, "vae_pipeline_job")
+    tags = {t["key"]: t["value"] for t in requests_[0]["tags"]}
+    assert tags.get("dagster/schedule_name") == "nightly_retrain"
+
+
+def _new_files(folder: Path, before: set[Path]) -> set[Path]:
+    return set(folder.rglob("*")) - before if folder.exists() else set()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TRAINING))
+def test_bad_config_fails_before_any_step_and_writes_nothing(
+    case: str, dagster_dev: DagsterDev, tiny_config: Callable[..., dict[str, Any]], first_run: str
+) -> None:
+    if case == "cuda without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the run worker would train on it")
+    before = set(dagster_dev.data_dir.rglob("*"))
+    client = MlflowClient(tracking_uri=dagster_dev.tracking_uri)
+    runs_before = len(client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id]))
+    overrides, words = BAD_TRAINING[case]
+    run_id = dagster_dev.launch(tiny_config(seed=7, **overrides))
+    assert dagster_dev.wait(run_id, timeout_s=180) == "FAILURE"
+    events = dagster_dev.run_events(run_id)
+    assert [e for e in events if e["__typename"] == "ExecutionStepStartEvent"] == []
+    failure = next(e for e in events if e["__typename"] == "RunFailureEvent")
+    message = failure["error"]["message"] if failure.get("error") else failure["message"]
+    for w in words:
+        assert w in message, message
+    assert _new_files(dagster_dev.data_dir, before) == set()
+    assert len(client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id])) == runs_before
