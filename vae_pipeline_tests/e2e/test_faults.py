@@ -1,0 +1,184 @@
+"""Faults: kill -9 during training, a crash during the parquet write, two materializations at once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from vae_pipeline.core.train import TIMING_KEYS, load_checkpoint
+from vae_pipeline_tests.conftest import REPO_ROOT
+from vae_pipeline_tests.e2e.conftest import ARTIFACTS, DagsterDev
+
+pytestmark = pytest.mark.slow
+
+# Real-sized training (full MNIST, the default 784-400-20 model) so that an epoch lasts long
+# enough (about 1.5 s on 2 cores) to be killed in the middle of the run.
+KILL_TRAINING = {"hidden_dims": [400], "latent_dim": 20, "epochs": 4, "batch_size": 128, "device": "cpu"}
+KILL_SELECTION = "mnist_raw,mnist_tensors,vae_model"
+
+
+def driver(data_dir: Path, source_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "vae_pipeline_tests.e2e.driver", "--data-dir", str(data_dir), "--source-dir", str(source_dir), *args]
+
+
+def run_driver(argv: list[str], log_name: str, timeout_s: float = 300) -> tuple[int, dict[str, Any] | None]:
+    """Run the driver to its end; returns its exit code and its last JSON line (None if it died)."""
+    log = ARTIFACTS / "logs" / f"{log_name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        process = subprocess.run(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=out, timeout=timeout_s, check=False)
+    lines = [line for line in process.stdout.decode().splitlines() if line.startswith("{")]
+    return process.returncode, json.loads(lines[-1]) if lines else None
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _weights_and_history(folder: Path) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    state = load_checkpoint(folder / "checkpoint.pt")
+    history = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in state["history"]]
+    return state["model_state"], history
+
+
+class TestKillDuringTraining:
+    def test_resume_ends_where_an_uninterrupted_run_ends(self, tmp_path: Path, mnist_dir: Path) -> None:
+        args = ["--select", KILL_SELECTION, "--verify-md5", "--tensors", '{"val_size": 10000}',
+                "--training", json.dumps(KILL_TRAINING)]
+        killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+
+        # 1. Start, wait for the first epoch's checkpoint, kill -9 the whole process group.
+        log = ARTIFACTS / "logs" / "kill-training.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(driver(killed_dir, mnist_dir, *args), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        try:
+            deadline, killed_at = time.monotonic() + 240, None
+            while time.monotonic() < deadline and process.poll() is None:
+                found = list((killed_dir / "models" / "vae").glob("*/checkpoint.pt"))
+                if found and load_checkpoint(found[0])["epoch"] >= 1:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    killed_at = load_checkpoint(found[0])["epoch"]
+                    break
+                time.sleep(0.1)
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        assert killed_at is not None, f"training ended or never checkpointed:\n{log.read_text()[-3000:]}"
+        assert process.returncode == -signal.SIGKILL
+        (folder,) = (killed_dir / "models" / "vae").iterdir()
+        assert not (folder / "summary.json").exists()  # not finished...
+        assert 1 <= load_checkpoint(folder / "checkpoint.pt")["epoch"] < KILL_TRAINING["epochs"]  # ...and the checkpoint reads
+        mlflow_run = json.loads((folder / "mlflow_run.json").read_text())["run_id"]
+
+        # 2. Re-materialize: it resumes from the checkpoint and continues the same MLflow run.
+        code, out = run_driver(driver(killed_dir, mnist_dir, *args), "kill-training-resume")
+        assert code == 0 and out["success"], out
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["mlflow_run_id"] == mlflow_run
+        client = MlflowClient(tracking_uri=f"sqlite:///{killed_dir / 'mlflow' / 'mlflow.db'}")
+        steps = sorted(m.step for m in client.get_metric_history(mlflow_run, "val_neg_elbo"))
+        assert steps[-1] == KILL_TRAINING["epochs"] and set(steps) >= set(range(killed_at + 1, KILL_TRAINING["epochs"] + 1))
+        assert client.get_run(mlflow_run).info.status == "FINISHED"
+        assert len(client.search_model_versions("name='vae-mnist'")) == 1
+
+        # 3. An uninterrupted run elsewhere ends in the same place, bit for bit.
+        code, out = run_driver(driver(clean_dir, mnist_dir, *args), "kill-training-clean")
+        assert code == 0 and out["success"], out
+        clean_folder = clean_dir / "models" / "vae" / folder.name  # same config, data, code, device: same fingerprint
+        resumed_weights, resumed_history = _weights_and_history(folder)
+        clean_weights, clean_history = _weights_and_history(clean_folder)
+        assert resumed_weights.keys() == clean_weights.keys()
+        for name in clean_weights:
+            assert torch.equal(resumed_weights[name], clean_weights[name]), name
+        assert resumed_history == clean_history
+        clean_summary = json.loads((clean_folder / "summary.json").read_text())
+        drop = set(TIMING_KEYS)
+        assert {k: v for k, v in summary["final_metrics"].items() if k not in drop} == {
+            k: v for k, v in clean_summary["final_metrics"].items() if k not in drop
+        }
+
+
+class TestCrashDuringParquetWrite:
+    def test_the_previous_version_stays_intact_and_readable(self, tmp_path: Path, mnist_slice_dir: Path) -> None:
+        data_dir = tmp_path / "data"
+        folder = data_dir / "latents" / "vae-mnist"
+        code, out = run_driver(driver(data_dir, mnist_slice_dir, "--seed", "0"), "parquet-v1")
+        assert code == 0 and out["success"], out
+        v1 = folder / "v0001.parquet"
+        v1_hash, v1_rows = sha256(v1), pd.read_parquet(v1)
+
+        # Version 2's latents: killed (SIGKILL) between the finished temporary file and its rename.
+        code, out = run_driver(driver(data_dir, mnist_slice_dir, "--seed", "1", "--crash-before-replace", ".parquet"), "parquet-crash")
+        assert code == -signal.SIGKILL and out is None
+        assert not (folder / "v0002.parquet").exists()
+        leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".v0002.parquet.")]
+        assert leftovers, "the crash should have left the finished temporary file behind"
+        assert sha256(v1) == v1_hash  # the previous version is untouched...
+        pd.testing.assert_frame_equal(pd.read_parquet(v1), v1_rows)  # ...and reads
+        everything = pd.read_parquet(folder)  # readers of the folder skip the dot-file
+        assert everything.groupby("model_version").size().to_dict() == {1: 1500}
+
+        # Again, without the crash: the trained model is reused and version 2's file is written.
+        code, out = run_driver(driver(data_dir, mnist_slice_dir, "--seed", "1"), "parquet-again")
+        assert out is not None and "latent_embeddings" in out["materialized"], out
+        both = pd.read_parquet(folder)
+        assert both.groupby("model_version").size().to_dict() == {1: 1500, 2: 1500}
+        assert sha256(v1) == v1_hash
+        client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
+        assert sorted(int(v.version) for v in client.search_model_versions("name='vae-mnist'")) == [1, 2]
+
+
+def _manifest(data_dir: Path, asset: str, run_id: str) -> dict[str, Any]:
+    return json.loads((data_dir / "manifests" / asset / f"{run_id}.json").read_text())
+
+
+class TestTwoMaterializationsAtOnce:
+    def test_through_dagster_dev_and_the_mlflow_server(
+        self, dagster_dev: DagsterDev, tiny_config: Callable[..., dict[str, Any]], first_run: str
+    ) -> None:
+        client = MlflowClient(tracking_uri=dagster_dev.tracking_uri)
+        before = {int(v.version) for v in client.search_model_versions("name='vae-mnist'")}
+        run_ids = [dagster_dev.launch(tiny_config(seed=seed)) for seed in (11, 12)]
+        statuses = [dagster_dev.wait(run_id, timeout_s=400) for run_id in run_ids]
+        data_dir = dagster_dev.data_dir
+        versions = []
+        for run_id, status in zip(run_ids, statuses):
+            events = dagster_dev.run_events(run_id)
+            materialized = {e["stepKey"] for e in events if e["__typename"] == "MaterializationEvent"}
+            assert {"vae_model", "latent_embeddings", "prior_samples", "reconstruction_report", "latent_evaluation"} <= materialized
+            failed_steps = {e["stepKey"] for e in events if e["__typename"] == "ExecutionStepFailureEvent"}
+            assert failed_steps == set()  # a failed promotion gate skips champion_model; nothing may crash
+            assert status == "SUCCESS" or "champion_model" not in materialized
+            vae = _manifest(data_dir, "vae_model", run_id)
+            latents = _manifest(data_dir, "latent_embeddings", run_id)
+            samples = _manifest(data_dir, "prior_samples", run_id)
+            report = _manifest(data_dir, "reconstruction_report", run_id)
+            assert vae["reused"] is False
+            # each run's manifests point at its own model version, never at the other run's
+            assert latents["model_version"] == samples["model_version"] == report["model_version"] == vae["model_version"]
+            table = pq.read_table(latents["path"])
+            assert table.schema.metadata[b"model_version"] == str(vae["model_version"]).encode()
+            assert set(table.column("model_version").to_pylist()) == {vae["model_version"]} and table.num_rows == 1500
+            assert client.get_run(vae["mlflow_run_id"]).data.tags["dagster.run_id"] == run_id
+            versions.append(vae["model_version"])
+        assert len(set(versions)) == 2
+        after = {int(v.version) for v in client.search_model_versions("name='vae-mnist'")}
+        assert after - before == set(versions)
+        rows = pd.read_parquet(data_dir / "latents" / "vae-mnist")
+        assert {v: 1500 for v in after} == rows.groupby("model_version").size().to_dict()
