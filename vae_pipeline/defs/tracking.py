@@ -2,6 +2,8 @@
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,29 @@ class TrackingError(RuntimeError):
     """The MLflow tracking server cannot be used; the message names the URI and the fix."""
 
 
+@contextmanager
+def _sqlite_creation_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a sqlite store while MLflow opens it.
+
+    MLflow creates a new store's tables on first open without a transaction that would stop a
+    second process doing the same: two runs starting at once on a fresh data folder failed with
+    "table experiments already exists". Other stores need no lock.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl  # POSIX; the pipeline's scripts and CI are Linux
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class MlflowTracking(dg.ConfigurableResource):
     """Where MLflow runs and registered models live: $MLFLOW_TRACKING_URI, else sqlite under data/mlflow."""
 
@@ -48,14 +73,16 @@ class MlflowTracking(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         # Resources start before the run's first step: an unreachable server fails the run before ingest.
         uri = self.uri()
-        self._check_reachable(MlflowClient(tracking_uri=uri, registry_uri=uri), uri)
+        if uri.startswith(("http://", "https://")):
+            self._check_reachable(MlflowClient(tracking_uri=uri, registry_uri=uri), uri)
 
     def activate(self) -> MlflowClient:
         """Point MLflow's fluent API at this store, check it answers, and return a client."""
         uri = self.uri()
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        with _sqlite_creation_lock(uri):
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # creates a new sqlite store's tables
         self._check_reachable(client, uri)
         return client
 
