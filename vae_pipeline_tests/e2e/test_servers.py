@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,21 @@ def test_whole_graph_through_graphql_lands_in_mlflow(dagster_dev: DagsterDev, fi
     # the files are where the README says, under the data folder dagster dev was given
     parquet = dagster_dev.data_dir / "latents" / "vae-mnist" / f"v{int(versions[0].version):04d}.parquet"
     assert len(pd.read_parquet(parquet)) == 1500
+
+
+def test_nothing_written_is_a_pickle(dagster_dev: DagsterDev, first_run: str) -> None:
+    """Manifests are JSON, checkpoints are torch zip files read with weights_only, the MLflow model is code."""
+    data_dir = dagster_dev.data_dir
+    for manifest in (data_dir / "manifests").rglob("*"):
+        if manifest.is_file():
+            assert manifest.suffix == ".json"
+            json.loads(manifest.read_text())
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                assert fh.read(1) != b"\x80", f"{path} is a pickle"  # protocol 2+ pickles start with 0x80
+    artifacts = dagster_dev.data_dir.parent / "mlflow" / "artifacts"
+    assert list(artifacts.rglob("*.pkl")) == [] and list(artifacts.rglob("checkpoint.pt"))
 
 
 def test_the_nightly_schedule_is_registered_and_a_tick_requests_the_job(dagster_dev: DagsterDev) -> None:
