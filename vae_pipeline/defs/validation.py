@@ -66,15 +66,15 @@ class _CheckedInProcessExecutor(dg.Executor):
         self._inner = inner
 
     @property
-    def retries(self):  # noqa: ANN201 - Dagster's RetryMode
+    def retries(self):
         return self._inner.retries
 
     @property
-    def step_dependency_config(self):  # noqa: ANN201
+    def step_dependency_config(self):
         return self._inner.step_dependency_config
 
-    def execute(self, plan_context, execution_plan) -> Iterator[dg.DagsterEvent]:  # noqa: ANN001
-        check_run_config(plan_context.run_config)
+    def execute(self, plan_context, execution_plan) -> Iterator[dg.DagsterEvent]:
+        check_run_config(plan_context.run_config)  # raising here fails the run before its first step
         yield from self._inner.execute(plan_context, execution_plan)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
 
 from vae_pipeline_tests.conftest import REPO_ROOT
 from vae_pipeline_tests.defs.test_graph import run_config
@@ -27,6 +28,21 @@ from vae_pipeline_tests.defs.test_graph import run_config
 BIN = Path(sys.executable).parent
 ARTIFACTS = REPO_ROOT / "test-artifacts"  # git-ignored; CI keeps screenshots and server logs here
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child, without the MLflow URIs that tests before it left.
+
+    mlflow.set_tracking_uri() also sets $MLFLOW_TRACKING_URI, so after any in-process test the
+    variable names that test's store; a child must get its store from its arguments instead.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    return {**env, **extra}
+
+
+def mlflow_client(uri: str) -> MlflowClient:
+    """A client of one store for runs and registry alike (else the registry is MLflow's global one)."""
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def free_port() -> int:
@@ -80,7 +96,7 @@ def start_server(name: str, argv: list[str], port: int, log: Path, env: dict[str
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            argv, cwd=REPO_ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            argv, cwd=REPO_ROOT, env=child_env(**env), stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     return Server(name, process, port, log)

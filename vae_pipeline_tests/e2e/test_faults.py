@@ -17,11 +17,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from vae_pipeline.core.train import TIMING_KEYS, load_checkpoint
 from vae_pipeline_tests.conftest import REPO_ROOT
-from vae_pipeline_tests.e2e.conftest import ARTIFACTS, DagsterDev
+from vae_pipeline_tests.e2e.conftest import ARTIFACTS, DagsterDev, child_env, mlflow_client
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +39,9 @@ def run_driver(argv: list[str], log_name: str, timeout_s: float = 300) -> tuple[
     log = ARTIFACTS / "logs" / f"{log_name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        process = subprocess.run(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=out, timeout=timeout_s, check=False)
+        process = subprocess.run(
+            argv, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=out, timeout=timeout_s, check=False
+        )
     lines = [line for line in process.stdout.decode().splitlines() if line.startswith("{")]
     return process.returncode, json.loads(lines[-1]) if lines else None
 
@@ -64,8 +65,8 @@ class TestKillDuringTraining:
         # 1. Start, wait for the first epoch's checkpoint, kill -9 the whole process group.
         log = ARTIFACTS / "logs" / "kill-training.log"
         with open(log, "wb") as out:
-            process = subprocess.Popen(driver(killed_dir, mnist_dir, *args), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen(driver(killed_dir, mnist_dir, *args), cwd=REPO_ROOT, env=child_env(), stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline, killed_at = time.monotonic() + 240, None
             while time.monotonic() < deadline and process.poll() is None:
@@ -91,7 +92,7 @@ class TestKillDuringTraining:
         assert code == 0 and out["success"], out
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["mlflow_run_id"] == mlflow_run
-        client = MlflowClient(tracking_uri=f"sqlite:///{killed_dir / 'mlflow' / 'mlflow.db'}")
+        client = mlflow_client(f"sqlite:///{killed_dir / 'mlflow' / 'mlflow.db'}")
         steps = sorted(m.step for m in client.get_metric_history(mlflow_run, "val_neg_elbo"))
         assert steps[-1] == KILL_TRAINING["epochs"] and set(steps) >= set(range(killed_at + 1, KILL_TRAINING["epochs"] + 1))
         assert client.get_run(mlflow_run).info.status == "FINISHED"
@@ -140,7 +141,7 @@ class TestCrashDuringParquetWrite:
         both = pd.read_parquet(folder)
         assert both.groupby("model_version").size().to_dict() == {1: 1500, 2: 1500}
         assert sha256(v1) == v1_hash
-        client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
+        client = mlflow_client(f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
         assert sorted(int(v.version) for v in client.search_model_versions("name='vae-mnist'")) == [1, 2]
 
 
@@ -152,7 +153,7 @@ class TestTwoMaterializationsAtOnce:
     def test_through_dagster_dev_and_the_mlflow_server(
         self, dagster_dev: DagsterDev, tiny_config: Callable[..., dict[str, Any]], first_run: str
     ) -> None:
-        client = MlflowClient(tracking_uri=dagster_dev.tracking_uri)
+        client = mlflow_client(dagster_dev.tracking_uri)
         before = {int(v.version) for v in client.search_model_versions("name='vae-mnist'")}
         run_ids = [dagster_dev.launch(tiny_config(seed=seed)) for seed in (11, 12)]
         statuses = [dagster_dev.wait(run_id, timeout_s=400) for run_id in run_ids]
@@ -194,7 +195,8 @@ class TestTwoMaterializationsAtOnce:
         data_dir = tmp_path / "data"
         logs = [open(ARTIFACTS / "logs" / f"concurrent-sqlite-{seed}.log", "wb") for seed in (21, 22)]
         processes = [
-            subprocess.Popen(driver(data_dir, mnist_slice_dir, "--seed", str(seed)), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log)
+            subprocess.Popen(driver(data_dir, mnist_slice_dir, "--seed", str(seed)), cwd=REPO_ROOT, env=child_env(),
+                             stdout=subprocess.PIPE, stderr=log)
             for seed, log in zip((21, 22), logs)
         ]
         outs = []
@@ -215,6 +217,6 @@ class TestTwoMaterializationsAtOnce:
             assert set(pd.read_parquet(latents["path"])["model_version"]) == {vae["model_version"]}
             versions.append(vae["model_version"])
         assert sorted(versions) == [1, 2]
-        client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
+        client = mlflow_client(f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
         assert sorted(int(v.version) for v in client.search_model_versions("name='vae-mnist'")) == [1, 2]
         assert pd.read_parquet(data_dir / "latents" / "vae-mnist").groupby("model_version").size().to_dict() == {1: 1500, 2: 1500}

@@ -11,10 +11,9 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from vae_pipeline_tests.defs.test_validation import BAD_TRAINING
-from vae_pipeline_tests.e2e.conftest import DagsterDev, Server, listening_addresses
+from vae_pipeline_tests.e2e.conftest import DagsterDev, Server, listening_addresses, mlflow_client
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +34,7 @@ def test_servers_listen_on_loopback_only(dagster_dev: DagsterDev, mlflow_server:
 def test_whole_graph_through_graphql_lands_in_mlflow(dagster_dev: DagsterDev, first_run: str) -> None:
     steps = {e["stepKey"] for e in dagster_dev.run_events(first_run) if e["__typename"] == "MaterializationEvent"}
     assert steps == ASSETS
-    client = MlflowClient(tracking_uri=dagster_dev.tracking_uri)  # the server's REST API
+    client = mlflow_client(dagster_dev.tracking_uri)  # the server's REST API
     runs = client.search_runs(
         [client.get_experiment_by_name("vae-pipeline").experiment_id], f"tags.`dagster.run_id` = '{first_run}'"
     )
@@ -109,7 +108,7 @@ def test_bad_config_fails_before_any_step_and_writes_nothing(
     if case == "cuda without a GPU" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the run worker would train on it")
     before = set(dagster_dev.data_dir.rglob("*"))
-    client = MlflowClient(tracking_uri=dagster_dev.tracking_uri)
+    client = mlflow_client(dagster_dev.tracking_uri)
     runs_before = len(client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id]))
     overrides, words = BAD_TRAINING[case]
     run_id = dagster_dev.launch(tiny_config(seed=7, **overrides))
