@@ -33,6 +33,12 @@ class PipelineStorage(dg.ConfigurableResource):
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
+    def folder(self, *parts: str) -> Path:
+        """A folder under the data folder, created if needed."""
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
 
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write JSON so that readers never see half a file."""

@@ -114,7 +114,7 @@ class MlflowTracking(dg.ConfigurableResource):
             return experiment.experiment_id
         location = None
         if self.uri().startswith("sqlite:"):
-            location = self.storage.path("mlflow", "artifacts", "x").parent.as_uri()
+            location = self.storage.folder("mlflow", "artifacts").as_uri()
         try:
             return client.create_experiment(self.experiment_name, artifact_location=location)
         except MlflowException:  # another run created it first

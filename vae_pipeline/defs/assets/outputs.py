@@ -28,11 +28,11 @@ def png_markdown(path: Path, alt: str) -> dg.MetadataValue:
 
 def version_folder(storage: PipelineStorage, kind: str, vae_model: dict) -> Path:
     """<data>/<kind>/<model name>/v<version>/: each model version keeps its own outputs."""
-    return storage.path(kind, vae_model["model_name"], f"v{vae_model['model_version']:04d}", "x").parent
+    return storage.folder(kind, vae_model["model_name"], f"v{vae_model['model_version']:04d}")
 
 
 def latents_folder(storage: PipelineStorage, vae_model: dict) -> Path:
-    return storage.path("latents", vae_model["model_name"], "x").parent
+    return storage.folder("latents", vae_model["model_name"])
 
 
 def log_artifacts(mlflow_tracking: MlflowTracking, run_id: str, paths: list[Path], artifact_path: str) -> None:

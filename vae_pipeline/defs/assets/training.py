@@ -116,7 +116,7 @@ def _train_tracked(
     client = mlflow_tracking.activate()  # fails fast on an unreachable tracking server
     data_version = mnist_tensors["content_sha256"]
     fingerprint = _fingerprint(model_cfg, train_cfg, data_version, device)
-    folder = storage.path("models", role, fingerprint, "x").parent
+    folder = storage.folder("models", role, fingerprint)
     summary_path, run_path, checkpoint = folder / "summary.json", folder / "mlflow_run.json", folder / "checkpoint.pt"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
