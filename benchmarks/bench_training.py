@@ -34,10 +34,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vae_pipeline.core.config import DataConfig, ModelConfig, TrainConfig
-from vae_pipeline.core.data import RAW_FILES, build_store_arrays, read_raw_dataset
+from vae_pipeline.core.idx import RAW_FILES, read_raw_dataset
 from vae_pipeline.core.inference import iwae_nll
 from vae_pipeline.core.losses import elbo_terms
 from vae_pipeline.core.model import VAE, build_model
+from vae_pipeline.core.tensor_store import build_store_arrays
 from vae_pipeline.core.train import fit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

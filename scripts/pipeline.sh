@@ -3,6 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/data/dagster_home}"
-mkdir -p "$DAGSTER_HOME"
+source scripts/instance.sh
 exec .venv/bin/dagster asset materialize -m vae_pipeline.definitions --select '*' "$@"

@@ -3,11 +3,12 @@
 import dagster as dg
 import torch
 
-from vae_pipeline.defs.assets import evaluation, ingest, outputs, training
+from vae_pipeline.defs.assets import evaluation, ingest, outputs, promotion, training
 from vae_pipeline.defs.checks import DATA_CHECKS
 from vae_pipeline.defs.jobs import nightly_retrain, vae_pipeline_job
 from vae_pipeline.defs.resources import default_resources
-from vae_pipeline.defs.validation import checked_in_process_executor
+from vae_pipeline.defs.sensors import end_mlflow_runs_of_failed_runs
+from vae_pipeline.defs.validation import checked_executor
 
 # Flush denormal floats to zero: the logits of MNIST's always-black border pixels drift until
 # Adam's squared gradients are denormal, which slows CPU training by 15-20% (measured in
@@ -16,12 +17,13 @@ from vae_pipeline.defs.validation import checked_in_process_executor
 torch.set_flush_denormal(True)
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingest, training, outputs, evaluation]),
-    asset_checks=[*DATA_CHECKS, *evaluation.GATES],
+    assets=dg.load_assets_from_modules([ingest, training, outputs, evaluation, promotion]),
+    asset_checks=[*DATA_CHECKS, *promotion.GATES],
     jobs=[vae_pipeline_job],
     schedules=[nightly_retrain],
+    sensors=[end_mlflow_runs_of_failed_runs],
     resources=default_resources(),
-    # One process per run: on a 2-core machine a process per step costs more (imports) than it buys.
-    # Every asset's config is checked before the first step (defs/validation.py).
-    executor=checked_in_process_executor,
+    # In-process by default, multiprocess through the run config; every asset's config is checked
+    # before the first step either way (defs/validation.py).
+    executor=checked_executor,
 )

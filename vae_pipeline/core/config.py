@@ -118,6 +118,87 @@ class TrainConfig:
         )
 
 
+@dataclass(frozen=True)
+class EmbeddingsConfig:
+    """How the latents table scores each image."""
+
+    seed: int = 0  # the one seeded binarization that per-image reconstruction NLLs are scored on
+
+
+@dataclass(frozen=True)
+class SamplesConfig:
+    """What the prior-samples asset draws and decodes."""
+
+    n_samples: int = 64  # an 8x8 grid
+    seed: int = 0  # z ~ N(0, I) is drawn from a generator with this seed
+    n_interpolations: int = 8  # pairs of test digits of different classes
+    interpolation_steps: int = 10  # frames per interpolation, both ends included
+
+    def __post_init__(self) -> None:
+        _require(self.n_samples >= 1, f"n_samples={self.n_samples} must be at least 1.")
+        _require(self.n_interpolations >= 1, f"n_interpolations={self.n_interpolations} must be at least 1.")
+        _require(self.interpolation_steps >= 2, f"interpolation_steps={self.interpolation_steps} must be at least 2 (both ends).")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the reconstruction report shows."""
+
+    gallery_size: int = 16  # worst and best test reconstructions shown
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.gallery_size <= 1000, f"gallery_size={self.gallery_size} must be between 1 and 1000.")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How much evaluation to buy: the defaults keep the whole pipeline near 3 minutes on 2 CPU cores."""
+
+    seed: int = 0  # every subsample, probe and estimator draws from this seed
+    tsne_points: int = 5000  # test images mapped by t-SNE (openTSNE); ~25 s each for VAE and AE on 2 cores
+    trustworthiness_neighbors: int = 10  # the k of trustworthiness (van der Maaten's default scale)
+    probe_max_train: int = 10_000  # training rows for the probes, the same rows for latents, PCA and pixels
+    knn_k: int = 5  # neighbours of the kNN probe
+    iwae_k: int = 1000  # importance samples; 5000 is the literature's protocol (~3 min on all 10,000 on 2 cores)
+    iwae_examples: int = 2000  # images for the IWAE NLL (10,000 for a full test set)
+    smoothness_pairs: int = 100  # latent interpolations between digits of different classes
+    smoothness_steps: int = 10  # frames per interpolation
+
+    def __post_init__(self) -> None:
+        _require(self.tsne_points >= 50, f"tsne_points={self.tsne_points} must be at least 50 for t-SNE to mean anything.")
+        _require(self.trustworthiness_neighbors >= 1, f"trustworthiness_neighbors={self.trustworthiness_neighbors} must be at least 1.")
+        _require(
+            self.trustworthiness_neighbors < self.tsne_points // 2,
+            f"trustworthiness_neighbors={self.trustworthiness_neighbors} must be below half of tsne_points={self.tsne_points}.",
+        )
+        _require(self.probe_max_train >= 10, f"probe_max_train={self.probe_max_train} must be at least 10 (one row per class).")
+        _require(self.knn_k >= 1, f"knn_k={self.knn_k} must be at least 1.")
+        _require(self.knn_k <= self.probe_max_train, f"knn_k={self.knn_k} must not exceed probe_max_train={self.probe_max_train}.")
+        _require(self.iwae_k >= 1, f"iwae_k={self.iwae_k} must be at least 1 (importance samples per image).")
+        _require(self.iwae_examples >= 1, f"iwae_examples={self.iwae_examples} must be at least 1.")
+        _require(self.smoothness_pairs >= 1, f"smoothness_pairs={self.smoothness_pairs} must be at least 1.")
+        _require(self.smoothness_steps >= 3, f"smoothness_steps={self.smoothness_steps} must be at least 3 for step sizes to vary.")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """How a challenger is measured against the champion (on the validation split), and the tolerances."""
+
+    seed: int = 0  # subsample, binarization, IWAE noise and probe all draw from it
+    iwae_k: int = 1000  # importance samples per image; the champion is re-measured if its k differed
+    iwae_examples: int = 2000  # validation images for the IWAE NLL (standard error ~0.3 nats at this size)
+    probe_max_train: int = 10_000  # training rows of the probe, scored on the validation split
+    nll_tolerance: float = 1.0  # nats: IWAE estimates on 2,000 images wobble by a few tenths between seeds
+    probe_tolerance: float = 0.005  # half a point: probe noise on 10,000 validation images is ~0.3 points
+
+    def __post_init__(self) -> None:
+        _require(self.iwae_k >= 1, f"iwae_k={self.iwae_k} must be at least 1 (importance samples per image).")
+        _require(self.iwae_examples >= 2, f"iwae_examples={self.iwae_examples} must be at least 2 (for a standard error).")
+        _require(self.probe_max_train >= 10, f"probe_max_train={self.probe_max_train} must be at least 10 (one row per class).")
+        _require(self.nll_tolerance >= 0, f"nll_tolerance={self.nll_tolerance} must be >= 0 nats.")
+        _require(0 <= self.probe_tolerance < 1, f"probe_tolerance={self.probe_tolerance} must be in [0, 1).")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A flat, JSON-friendly dict of a config (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
@@ -142,7 +223,12 @@ __all__ = [
     "OFFICIAL_TRAIN_IMAGES",
     "ConfigError",
     "DataConfig",
+    "EmbeddingsConfig",
+    "EvaluationConfig",
+    "GateConfig",
     "ModelConfig",
+    "ReportConfig",
+    "SamplesConfig",
     "TrainConfig",
     "from_dict",
     "to_dict",

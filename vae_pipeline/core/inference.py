@@ -1,4 +1,4 @@
-"""Using a trained model: encodings, samples, per-example errors, IWAE NLL, latent diagnostics.
+"""Using a trained model: encodings, decodings, samples, per-example errors, IWAE NLL, latent diagnostics.
 
 Every function is batched, runs without autograd, takes the device it should compute on and
 returns CPU tensors, so callers (Dagster assets, notebooks) never hold GPU memory by accident.
@@ -72,11 +72,28 @@ def sample_prior(
     `generator` must live on `device`; the same generator state gives the same images, whatever
     the batch size (all codes are drawn at once: n * latent_dim numbers are cheap).
     """
+    z = torch.randn(n, model.latent_dim, generator=generator, device=device)  # (n, latent_dim)
+    return decode_latents(model, z, device, batch_size)  # (n, C, H, W)
+
+
+def decode_latents(
+    model: VAE, z: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE
+) -> torch.Tensor:
+    """Latent codes (n, latent_dim) decoded to the decoder's mean in [0, 1], (n, C, H, W), on the CPU.
+
+    The one way a code becomes an image: prior samples, interpolations (pass
+    `functools.partial(decode_latents, model, device=device)` as the `decode` callable of
+    `smoothness.decode_interpolations`) and the regularity figures all go through it.
+    """
+    if z.ndim != 2 or z.shape[1] != model.latent_dim:
+        raise ValueError(f"z must be (n, {model.latent_dim}) for this model, got shape {tuple(z.shape)}.")
     images = []
     with _eval_mode(model):
-        z = torch.randn(n, model.latent_dim, generator=generator, device=device)  # (n, latent_dim)
-        for start in range(0, n, batch_size):
-            images.append(decoded_mean(model, model.decode(z[start : start + batch_size])).cpu())  # (B, C, H, W)
+        for start in range(0, len(z), batch_size):
+            zb = z[start : start + batch_size].to(device)  # (B, latent_dim)
+            images.append(decoded_mean(model, model.decode(zb)).cpu())  # (B, C, H, W)
+    if not images:
+        return torch.empty(0, *model.cfg.image_shape)  # (0, C, H, W)
     return torch.cat(images)  # (n, C, H, W)
 
 
@@ -105,6 +122,26 @@ def reconstruction_errors(
             recon.append(losses.recon_nll(model.decode(mu), xb, model.cfg.likelihood, model.log_sigma).cpu())  # (B,)
             kl.append(losses.kl_divergence(mu, logvar).cpu() if logvar is not None else torch.zeros(xb.shape[0]))
     return ReconstructionErrors(torch.cat(recon), torch.cat(kl))
+
+
+def recon_nll_at(
+    model: VAE, z: torch.Tensor, target: torch.Tensor, device: torch.device | str = "cpu",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> torch.Tensor:
+    """-log p(target | z) per example in nats, on the CPU: the decoder scored at given codes.
+
+    With z the encoder's mean of the same image, this is the deterministic reconstruction term
+    the latents table stores beside that image's mu, logvar and KL.
+    """
+    if len(z) != len(target):
+        raise ValueError(f"got {len(z)} codes for {len(target)} target images.")
+    out = []
+    with _eval_mode(model):
+        for start in range(0, len(z), batch_size):
+            zb = z[start : start + batch_size].to(device)  # (B, latent_dim)
+            (xb,) = _batches(target[start : start + batch_size], batch_size, device)  # (B, C, H, W)
+            out.append(losses.recon_nll(model.decode(zb), xb, model.cfg.likelihood, model.log_sigma).cpu())  # (B,)
+    return torch.cat(out)  # (n,)
 
 
 def iwae_nll(
@@ -143,41 +180,24 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     return int((mu.float().var(dim=0) > threshold).sum())
 
 
-def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def mean_kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """The dataset-average KL(q(z_i|x) || N(0, 1)) of each latent dimension, shape (latent_dim,), nats.
 
     Dimensions near zero have collapsed to the prior (posterior collapse); the sum is the mean KL.
+    `losses.kl_per_dimension` is the per-example term this averages over the rows.
     """
     return losses.kl_per_dimension(mu, logvar).mean(dim=0)  # (latent_dim,)
 
 
-def interpolate(
-    model: VAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """Images decoded along the straight line between the encodings (mu) of two images.
-
-    `x_a` and `x_b` are single images (C, H, W) or (1, C, H, W); the result is (steps, C, H, W)
-    in [0, 1] on the CPU, from x_a's end to x_b's, both ends included.
-    """
-    if steps < 2:
-        raise ValueError(f"steps={steps} must be at least 2 to include both end points.")
-    pair = torch.stack([x_a.reshape(model.cfg.image_shape), x_b.reshape(model.cfg.image_shape)])  # (2, C, H, W)
-    with _eval_mode(model):
-        (xb,) = _batches(pair, 2, device)
-        mu, _ = model.encode(xb)  # (2, latent_dim)
-        t = torch.linspace(0.0, 1.0, steps, device=mu.device).unsqueeze(1)  # (steps, 1)
-        z = (1 - t) * mu[0] + t * mu[1]  # (steps, latent_dim)
-        return decoded_mean(model, model.decode(z)).cpu()  # (steps, C, H, W)
-
-
 __all__ = [
+    "recon_nll_at",
     "ReconstructionErrors",
     "active_units",
     "decoded_mean",
+    "decode_latents",
     "encode_mean",
-    "interpolate",
     "iwae_nll",
-    "kl_per_dimension",
+    "mean_kl_per_dimension",
     "reconstruction_errors",
     "sample_prior",
 ]

@@ -1,4 +1,4 @@
-"""PNG renderings of images, interpolations and t-SNE maps, written atomically.
+"""PNG renderings of images, interpolations, t-SNE maps and VAE-vs-AE comparisons, written atomically.
 
 Figures are built with matplotlib's object API on an Agg canvas: no pyplot, no global backend
 switch, no figure registry that leaks memory in a long-running Dagster process.
@@ -13,9 +13,10 @@ import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from scipy.stats import norm
 
 from vae_pipeline.core.atomic import atomic_path
-from vae_pipeline.core.evaluation import ArrayLike, as_numpy
+from vae_pipeline.core.arrays import ArrayLike, as_numpy
 
 DPI = 100  # figure sizes below are in pixels; inches are pixels / DPI
 PIXEL_ZOOM = 2  # each image pixel becomes a 2x2 block, so a 28x28 digit reads at 56 px
@@ -57,7 +58,7 @@ def tile_images(images: ArrayLike, nrow: int, padding: int = 2) -> np.ndarray:
     n, h, w = x.shape
     ncol = min(nrow, n)
     nrows = -(-n // ncol)  # ceil
-    grid = np.ones((nrows * (h + padding) + padding, ncol * (w + padding) + padding))
+    grid = np.zeros((nrows * (h + padding) + padding, ncol * (w + padding) + padding))  # 0 renders white (gray_r)
     for i in range(n):
         r, c = divmod(i, ncol)
         top, left = padding + r * (h + padding), padding + c * (w + padding)
@@ -95,22 +96,18 @@ def interpolation_strip_png(frames: ArrayLike | list[ArrayLike], path: Path | st
     return image_grid_png(flat, path, nrow=steps, title=title)
 
 
-def tsne_scatter_png(
-    embedding: ArrayLike,
-    labels: ArrayLike,
-    path: Path | str,
-    title: str | None = None,
-    size_px: tuple[int, int] = (800, 800),
-) -> Path:
-    """A PNG scatter of a 2-D embedding (n, 2), one colour per label with a legend, `size_px` wide x high."""
-    e, y = as_numpy(embedding), as_numpy(labels).reshape(-1)
+def _check_points(points: ArrayLike, labels: ArrayLike, name: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
+    e, y = as_numpy(points), as_numpy(labels).reshape(-1)
     if e.ndim != 2 or e.shape[1] != 2:
-        raise ValueError(f"embedding must be (n, 2), got shape {e.shape}.")
+        raise ValueError(f"{name} must be (n, 2), got shape {e.shape}; plot 2-D points (a t-SNE map or 2-D codes).")
     if len(e) != len(y):
-        raise ValueError(f"embedding has {len(e)} points but labels has {len(y)}.")
+        raise ValueError(f"{name} has {len(e)} points but labels has {len(y)}.")
+    return e, y
+
+
+def _scatter(ax, e: np.ndarray, y: np.ndarray, ticks: bool = False) -> None:
+    """One colour per label with a legend, on an existing axes."""
     classes = np.unique(y)
-    fig = Figure(figsize=(size_px[0] / DPI, size_px[1] / DPI), dpi=DPI)
-    ax = fig.add_subplot()
     # tab10 gives ten distinct colours; more classes cycle through tab20.
     palette = colormaps["tab10" if len(classes) <= 10 else "tab20"]
     # Small, translucent points: at 10,000 points overplotting hides density otherwise.
@@ -119,12 +116,105 @@ def tsne_scatter_png(
         pts = e[y == c]
         ax.scatter(pts[:, 0], pts[:, 1], s=marker_size, color=palette(i % palette.N), alpha=0.6, linewidths=0, label=str(c))
     ax.legend(title="label", markerscale=max(1.0, 30 / marker_size) ** 0.5, loc="best", fontsize=8, frameon=True)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    if not ticks:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def tsne_scatter_png(
+    embedding: ArrayLike,
+    labels: ArrayLike,
+    path: Path | str,
+    title: str | None = None,
+    size_px: tuple[int, int] = (800, 800),
+) -> Path:
+    """A PNG scatter of a 2-D embedding (n, 2), one colour per label with a legend, `size_px` wide x high."""
+    e, y = _check_points(embedding, labels)
+    fig = Figure(figsize=(size_px[0] / DPI, size_px[1] / DPI), dpi=DPI)
+    ax = fig.add_subplot()
+    _scatter(ax, e, y)
     if title:
         ax.set_title(title)
     fig.tight_layout()
     return _save_png(fig, path)
 
 
-__all__ = ["image_grid_png", "interpolation_strip_png", "tile_images", "tsne_scatter_png"]
+# --- side-by-side comparisons (VAE | auto-encoder | auto-encoder with a fitted prior) ----------
+
+PANEL_GAP_PX = 16  # white space between side-by-side panels
+
+
+def image_panels_png(panels: list[tuple[str, ArrayLike]], path: Path | str, nrow: int = 10) -> Path:
+    """Side-by-side image mosaics, one per (title, images (n, 1, 28, 28) in [0, 1]), each with its title.
+
+    For comparing what decoders make of the same kind of latent point (prior draws, a quantile
+    grid): put the figure that ranks them (e.g. the FD) in each title. All panels must tile to the
+    same size, so pass the same number of images to each.
+    """
+    if not panels:
+        raise ValueError("panels is empty; pass at least one (title, images) pair.")
+    grids = [tile_images(images, nrow) for _, images in panels]
+    shapes = {g.shape for g in grids}
+    if len(shapes) != 1:
+        raise ValueError(f"panels tile to different sizes {sorted(shapes)}; pass the same number of images to each.")
+    h, w = grids[0].shape[0] * PIXEL_ZOOM, grids[0].shape[1] * PIXEL_ZOOM
+    # Two title lines: a title such as "AE, Gaussian fitted to codes: FD 12.3" is wider than a 10-digit grid.
+    band = 2 * TITLE_PX
+    width = len(grids) * w + (len(grids) - 1) * PANEL_GAP_PX
+    fig = Figure(figsize=(width / DPI, (h + band) / DPI), dpi=DPI)
+    for i, ((title, _), grid) in enumerate(zip(panels, grids)):
+        left = i * (w + PANEL_GAP_PX)
+        ax = fig.add_axes((left / width, 0.0, w / width, h / (h + band)))
+        # Digits are ink on paper: show 1 as black, so the white padding reads as background.
+        ax.imshow(grid, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
+        ax.set_axis_off()
+        fig.text((left + w / 2) / width, 1.0 - (band / 2) / (h + band), title, ha="center", va="center", fontsize=9, wrap=True)
+    return _save_png(fig, path)
+
+
+def gaussian_quantile_grid(n: int) -> np.ndarray:
+    """An n x n grid of 2-D codes at Gaussian quantiles, (n * n, 2), in row-major display order.
+
+    The quantiles of an even grid in (0, 1) (ends excluded, where ppf is infinite) through
+    scipy.stats.norm.ppf: equal prior mass between neighbours, as in Kingma & Welling (2014),
+    Fig. 4. Rows run from high z_2 (top) to low, columns from low z_1 (left) to high, so
+    `tile_images(decode(grid), nrow=n)` shows the plane the way a scatter plot of the codes does.
+    """
+    if n < 2:
+        raise ValueError(f"n={n} must be at least 2 for a grid.")
+    q = norm.ppf(np.linspace(0.0, 1.0, n + 2)[1:-1])  # (n,) increasing quantiles
+    z1, z2 = np.meshgrid(q, q[::-1])  # (n, n) each; row 0 is the largest z_2
+    return np.stack([z1.ravel(), z2.ravel()], axis=1)  # (n * n, 2)
+
+
+def latent_scatter_panels_png(
+    panels: list[tuple[str, ArrayLike, ArrayLike]], path: Path | str, panel_px: int = 600
+) -> Path:
+    """Side-by-side scatters of 2-D codes, one per (title, codes (n, 2), labels (n,)), coloured by label.
+
+    Axes keep their units (ticks shown), so a VAE's codes near N(0, I) and an auto-encoder's
+    codes spread over a wider range can be compared by scale as well as by shape.
+    """
+    if not panels:
+        raise ValueError("panels is empty; pass at least one (title, codes, labels) triple.")
+    checked = [(title, *_check_points(codes, labels, name=f"codes of {title!r}")) for title, codes, labels in panels]
+    fig = Figure(figsize=(len(panels) * panel_px / DPI, panel_px / DPI), dpi=DPI)
+    for i, (title, e, y) in enumerate(checked):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        _scatter(ax, e, y, ticks=True)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("$z_1$")
+        ax.set_ylabel("$z_2$")
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
+__all__ = [
+    "gaussian_quantile_grid",
+    "image_grid_png",
+    "image_panels_png",
+    "interpolation_strip_png",
+    "latent_scatter_panels_png",
+    "tile_images",
+    "tsne_scatter_png",
+]

@@ -1,4 +1,5 @@
-"""What the output assets compute from a trained model: per-image encodings and errors, reconstructions."""
+"""What the output assets compute from a trained model: per-image encodings and errors, reconstructions,
+per-class error statistics and the worst and best examples."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vae_pipeline.core.data import TensorStore
-from vae_pipeline.core.inference import decoded_mean, encode_mean, reconstruction_errors
+from vae_pipeline.core.tensor_store import TensorStore
+from vae_pipeline.core.arrays import ArrayLike, as_numpy
+from vae_pipeline.core.inference import decoded_mean, encode_mean, recon_nll_at
+from vae_pipeline.core.losses import kl_divergence
 from vae_pipeline.core.model import VAE
 
 
@@ -25,21 +28,27 @@ def scoring_targets(model: VAE, images: torch.Tensor, generator: torch.Generator
 def encode_splits(
     model: VAE, store: TensorStore, device: torch.device | str, seed: int, splits: tuple[str, ...] = ("train", "val", "test")
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Per split: official index, label, mu, logvar (None for an auto-encoder), recon_nll and kl per image."""
+    """Per split and image: official index, label, mu, logvar, recon_nll_at_mu and kl, all of one encoding.
+
+    The grey image is encoded once; `kl` is the KL of that row's own mu and logvar, and
+    `recon_nll_at_mu` scores one seeded binarization of the image (a Bernoulli model; a Gaussian
+    scores the grey values) under the decoder at z = mu. An auto-encoder has no logvar and no KL
+    (None). This is not the ELBO's Monte-Carlo reconstruction term (val_recon_nll in MLflow).
+    """
     generator = torch.Generator().manual_seed(seed)
     out: dict[str, dict[str, np.ndarray]] = {}
     for name in splits:
         split = store[name]
         x = split.float_images()  # (n, 1, 28, 28)
-        mu, logvar = encode_mean(model, x, device=device)  # (n, d) each
-        errors = reconstruction_errors(model, scoring_targets(model, x, generator), device=device)
+        mu, logvar = encode_mean(model, x, device=device)  # (n, d) each; logvar None for an AE
+        recon = recon_nll_at(model, mu, scoring_targets(model, x, generator), device=device)  # (n,)
         out[name] = {
             "index": split.index.numpy(),
             "label": split.labels.numpy(),
             "mu": mu.numpy(),
             "logvar": logvar.numpy() if logvar is not None else None,
-            "recon_nll": errors.recon_nll.numpy(),
-            "kl": errors.kl.numpy(),
+            "recon_nll_at_mu": recon.numpy(),
+            "kl": kl_divergence(mu, logvar).numpy() if logvar is not None else None,  # (n,)
         }
     return out
 
@@ -60,3 +69,33 @@ def per_class_change(current: pd.DataFrame, previous: pd.DataFrame) -> pd.DataFr
     joined["change"] = joined["mean_now"] - joined["mean_before"]
     joined["change_pct"] = 100.0 * joined["change"] / joined["mean_before"]
     return joined
+
+
+def per_class_error_stats(errors: ArrayLike, labels: ArrayLike) -> pd.DataFrame:
+    """Count, mean, std, median, 90th percentile and max of a per-example error, one row per class."""
+    e, y = as_numpy(errors).reshape(-1), as_numpy(labels).reshape(-1)
+    if len(e) != len(y):
+        raise ValueError(f"errors has {len(e)} values but labels has {len(y)}.")
+    frame = pd.DataFrame({"label": y.astype(np.int64), "error": e.astype(np.float64)})
+    stats = frame.groupby("label")["error"].agg(
+        count="count",
+        mean="mean",
+        std="std",
+        median="median",
+        p90=lambda v: float(np.percentile(v, 90)),
+        max="max",
+    )
+    return stats.astype({"count": np.int64})
+
+
+def extreme_indices(errors: ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the k largest (worst, largest first) and k smallest (best, smallest first) errors.
+
+    Ties keep the lower index first, so the selection is deterministic.
+    """
+    e = as_numpy(errors).reshape(-1)
+    if not 1 <= k <= len(e):
+        raise ValueError(f"k={k} must be between 1 and the {len(e)} errors.")
+    order = np.argsort(e, kind="stable")  # ascending
+    worst = np.argsort(-e, kind="stable")[:k]
+    return worst, order[:k]

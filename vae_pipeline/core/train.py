@@ -21,13 +21,22 @@ from typing import Any, TextIO
 
 import torch
 
-from vae_pipeline.core.atomic import atomic_path
-from vae_pipeline.core.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
+from vae_pipeline.core.checkpoint import (
+    CHECKPOINT_FORMAT_VERSION,
+    load_checkpoint,
+    save_checkpoint,
+)
+from vae_pipeline.core.config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    to_dict,
+)
 from vae_pipeline.core.inference import active_units
 from vae_pipeline.core.losses import beta_at_epoch, elbo_terms
 from vae_pipeline.core.model import VAE
 
-CHECKPOINT_FORMAT_VERSION = 1
 EVAL_BATCH_SIZE = 1000  # validation needs no gradients, so larger batches amortise per-call overhead
 TIMING_KEYS = ("seconds", "train_seconds", "val_seconds", "examples_per_second")  # differ run to run
 # How often (in batches) the loss is checked for NaN/inf. Each check reads a value back to the host,
@@ -146,38 +155,6 @@ def _amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype |
 
 def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     return bool(torch.stack([t.detach().isfinite().all() for t in tensors]).all())
-
-
-# --- checkpoints --------------------------------------------------------------------------------
-
-
-def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically: a crash while writing leaves the previous checkpoint intact."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU with `weights_only=True` (no pickled code is executed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train with checkpoint_path={str(path)!r} first.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    version = state.get("format_version")
-    if version != CHECKPOINT_FORMAT_VERSION:
-        raise ValueError(
-            f"checkpoint {path} has format_version={version}, this code reads {CHECKPOINT_FORMAT_VERSION}; "
-            "retrain, or load it with the version of vae_pipeline that wrote it."
-        )
-    return state
-
-
-def load_model(path: Path | str, device: torch.device | str) -> VAE:
-    """The model stored in a checkpoint, rebuilt from its config, on `device`, in eval mode."""
-    state = load_checkpoint(path)
-    model = VAE(from_dict(ModelConfig, state["model_config"]))
-    model.load_state_dict(state["model_state"])
-    return model.to(device).eval()
 
 
 def _check_resumable(state: dict[str, Any], model_cfg: ModelConfig, cfg: TrainConfig, path: Path) -> None:
@@ -418,14 +395,10 @@ def fit(
 
 
 __all__ = [
-    "CHECKPOINT_FORMAT_VERSION",
     "Callback",
     "History",
     "NonFiniteLossError",
     "ProgressPrinter",
     "TIMING_KEYS",
     "fit",
-    "load_checkpoint",
-    "load_model",
-    "save_checkpoint",
 ]

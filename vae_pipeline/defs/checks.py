@@ -2,11 +2,14 @@
 
 import dagster as dg
 
-from vae_pipeline.core import data
+from vae_pipeline.core import data_checks, tensor_store
 from vae_pipeline.defs.assets.ingest import mnist_tensors
+from vae_pipeline.defs.resources import PipelineStorage
 
 
-def _result(check: data.CheckResult, severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
+def _result(
+    check: data_checks.CheckResult, severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
+) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=check.passed,
         severity=severity,
@@ -15,27 +18,37 @@ def _result(check: data.CheckResult, severity: dg.AssetCheckSeverity = dg.AssetC
     )
 
 
+def _store(storage: PipelineStorage, mnist_tensors: dict) -> tensor_store.TensorStore:
+    # The manifest names the store relative to the data folder; the storage resource resolves it.
+    return tensor_store.load_tensor_store(storage.resolve(mnist_tensors["path"]))
+
+
 @dg.asset_check(asset=mnist_tensors, blocking=True, description="Every image is 28x28.")
-def tensors_shape(mnist_tensors: dict) -> dg.AssetCheckResult:
-    return _result(data.check_shapes(data.load_tensor_store(mnist_tensors["path"])))
+def tensors_shape(mnist_tensors: dict, storage: PipelineStorage) -> dg.AssetCheckResult:
+    return _result(data_checks.check_shapes(_store(storage, mnist_tensors)))
 
 
 @dg.asset_check(asset=mnist_tensors, blocking=True, description="Pixels are uint8, scale to [0, 1], no NaN.")
-def tensors_value_range(mnist_tensors: dict) -> dg.AssetCheckResult:
-    return _result(data.check_value_range(data.load_tensor_store(mnist_tensors["path"])))
+def tensors_value_range(mnist_tensors: dict, storage: PipelineStorage) -> dg.AssetCheckResult:
+    return _result(data_checks.check_value_range(_store(storage, mnist_tensors)))
 
 
 @dg.asset_check(asset=mnist_tensors, blocking=True, description="Splits are disjoint and sized as configured.")
-def tensors_splits(mnist_tensors: dict) -> dg.AssetCheckResult:
-    store = data.load_tensor_store(mnist_tensors["path"])
-    return _result(data.check_splits(store, mnist_tensors["val_size"]))
+def tensors_splits(mnist_tensors: dict, storage: PipelineStorage) -> dg.AssetCheckResult:
+    return _result(data_checks.check_splits(_store(storage, mnist_tensors), mnist_tensors["val_size"]))
 
 
-@dg.asset_check(asset=mnist_tensors, description="Label histogram equals the dataset's published counts.")
-def tensors_label_histogram(mnist_tensors: dict) -> dg.AssetCheckResult:
-    # A warning, not a block: a deliberate slice or custom IDX set is allowed to differ.
-    store = data.load_tensor_store(mnist_tensors["path"])
-    return _result(data.check_label_histogram(store), dg.AssetCheckSeverity.WARN)
+@dg.asset_check(
+    asset=mnist_tensors,
+    blocking=True,
+    description="Label histogram equals the dataset's published counts (blocking for a full-size set, a warning for a slice).",
+)
+def tensors_label_histogram(mnist_tensors: dict, storage: PipelineStorage) -> dg.AssetCheckResult:
+    # A deliberate slice or custom subset is allowed to differ: a warning, which does not block.
+    # A set as large as the official one that differs has had labels changed: an error, which does.
+    check = data_checks.check_label_histogram(_store(storage, mnist_tensors))
+    full_size = bool(check.details["full_size"])
+    return _result(check, dg.AssetCheckSeverity.ERROR if full_size else dg.AssetCheckSeverity.WARN)
 
 
 DATA_CHECKS = [tensors_shape, tensors_value_range, tensors_splits, tensors_label_histogram]

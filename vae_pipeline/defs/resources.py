@@ -39,6 +39,28 @@ class PipelineStorage(dg.ConfigurableResource):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def relative(self, path: Path | str) -> str:
+        """How a record (manifest, summary) names a file under the data folder: relative, POSIX-style.
+
+        Records never hold the data folder's absolute path, so the folder can be moved or copied
+        and pointed at with $VAE_PIPELINE_DATA_DIR.
+        """
+        path = Path(path).resolve()
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            raise ValueError(f"{path} is outside the data folder {self.root}; records only name files inside it.") from None
+
+    def resolve(self, stored: str) -> Path:
+        """The file a record names (see `relative`), under this data folder."""
+        path = Path(stored)
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(
+                f"the record names {stored!r}, not a path relative to the data folder; it was written by an older "
+                f"version: re-materialize the asset that wrote it."
+            )
+        return self.root / path
+
 
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write JSON so that readers never see half a file."""

@@ -1,6 +1,7 @@
 """MLflow: the tracking resource, the epoch logger callback and the model registry helpers."""
 
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,14 +18,40 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from vae_pipeline.core.checkpoint import load_model
 from vae_pipeline.core.inference import encode_mean
-from vae_pipeline.core.train import Callback, load_model
+from vae_pipeline.core.train import Callback
 from vae_pipeline.defs.resources import PipelineStorage
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 SERVING_CODE = Path(__file__).resolve().parents[1] / "serving.py"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+_active_uri: list[str] = []  # the store this process last activated
+
+
+def _switch_store(uri: str) -> None:
+    """Forget MLflow's per-process artifact locations when this process moves to another store.
+
+    MLflow caches each run's artifact repository by run id alone, whatever the tracking store. A
+    copied data folder holds the same run ids as the original, so without this a process that used
+    both would write the copy's artifacts into the original's folder.
+    """
+    if _active_uri and _active_uri[0] != uri:
+        cache = getattr(mlflow.tracking._tracking_service.utils, "_artifact_repos_cache", None)
+        if cache is not None:
+            cache.clear()
+    _active_uri[:] = [uri]
+
+
+def _restore_environment(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 class TrackingError(RuntimeError):
@@ -54,6 +81,45 @@ def _sqlite_creation_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# Columns of MLflow's sqlite schema that hold file URIs under the data folder.
+_URI_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+    ("model_versions", "source"),
+    ("datasets", "dataset_source"),
+)
+
+
+def relocate_embedded_store(db: Path, data_root: Path, experiment_name: str) -> None:
+    """Point the embedded store's artifact URIs at the data folder it is in now.
+
+    MLflow records absolute artifact URIs. When the data folder was moved or copied, the store's
+    rows still name the old place: a moved folder would fail to find its artifacts, and a copy
+    would write new ones into the original. The old place is read from the experiment's artifact
+    location (always <data>/mlflow/artifacts, see `experiment_id`) and rewritten in every row that
+    holds it, once, on the next open. Only this pipeline's own sqlite store is rewritten; a
+    tracking server owns its artifact root.
+    """
+    new_root = data_root.resolve().as_uri()
+    with sqlite3.connect(db) as con:
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return
+        row = con.execute("SELECT artifact_location FROM experiments WHERE name = ?", (experiment_name,)).fetchone()
+        suffix = "/mlflow/artifacts"
+        if row is None or not row[0].startswith("file://") or not row[0].endswith(suffix):
+            return
+        old_root = row[0][: -len(suffix)]
+        if old_root == new_root:
+            return
+        for table, column in _URI_COLUMNS:
+            if table in tables:
+                con.execute(f"UPDATE {table} SET {column} = REPLACE({column}, ?, ?) WHERE {column} LIKE ?",
+                            (old_root + "/", new_root + "/", f"%{old_root}/%"))
+
+
 class MlflowTracking(dg.ConfigurableResource):
     """Where MLflow runs and registered models live: $MLFLOW_TRACKING_URI, else sqlite under data/mlflow."""
 
@@ -68,7 +134,11 @@ class MlflowTracking(dg.ConfigurableResource):
             return self.tracking_uri
         if os.environ.get("MLFLOW_TRACKING_URI"):
             return os.environ["MLFLOW_TRACKING_URI"]
-        return f"sqlite:///{self.storage.path('mlflow', 'mlflow.db')}"
+        return f"sqlite:///{self.embedded_db()}"
+
+    def embedded_db(self) -> Path:
+        """The default store: a sqlite file in the data folder, its artifacts beside it."""
+        return self.storage.path("mlflow", "mlflow.db")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         # Resources start before the run's first step: an unreachable server fails the run before ingest.
@@ -79,10 +149,18 @@ class MlflowTracking(dg.ConfigurableResource):
     def activate(self) -> MlflowClient:
         """Point MLflow's fluent API at this store, check it answers, and return a client."""
         uri = self.uri()
+        _switch_store(uri)
+        # mlflow.set_tracking_uri() also exports the URI as $MLFLOW_TRACKING_URI (for subprocesses).
+        # Put the user's environment back: a value left there by this call is not the user's choice
+        # and would outlive a change of data folder. MLflow's fluent API reads its own global first.
+        previous = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
+        _restore_environment(previous)
         with _sqlite_creation_lock(uri):
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # creates a new sqlite store's tables
+            if uri == f"sqlite:///{self.embedded_db()}":
+                relocate_embedded_store(self.embedded_db(), self.storage.root, self.experiment_name)
         self._check_reachable(client, uri)
         return client
 
@@ -101,11 +179,7 @@ class MlflowTracking(dg.ConfigurableResource):
                 "(mlflow server --host 127.0.0.1) or set MLFLOW_TRACKING_URI / the tracking_uri resource config."
             ) from exc
         finally:
-            for key, value in previous.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            _restore_environment(previous)
 
     def experiment_id(self, client: MlflowClient) -> str:
         """The experiment's id, created on first use with artifacts under the data folder."""
@@ -119,6 +193,11 @@ class MlflowTracking(dg.ConfigurableResource):
             return client.create_experiment(self.experiment_name, artifact_location=location)
         except MlflowException:  # another run created it first
             return client.get_experiment_by_name(self.experiment_name).experiment_id
+
+    def end_if_running(self, client: MlflowClient, run_id: str | None, status: str) -> None:
+        """Mark a run left RUNNING by a dead process as ended (FAILED or KILLED); others are left alone."""
+        if run_exists(client, run_id) and client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         base = self.ui_url
@@ -145,11 +224,8 @@ def log_dataset(store_path: str, name: str, digest: str, context: str) -> None:
     mlflow.log_input(MetaDataset(source=source, name=name, digest=digest[:32]), context=context)
 
 
-def log_encoder_model(checkpoint: Path, example: np.ndarray, registered_model_name: str | None) -> Any:
-    """Log the encoder as an MLflow model from code, with a signature and an input example.
-
-    With `registered_model_name`, the model becomes a new version of that registered model.
-    """
+def log_encoder_model(checkpoint: Path, example: np.ndarray) -> Any:
+    """Log the encoder as an MLflow model from code (no pickle), with a signature and an input example."""
     model = load_model(checkpoint, "cpu")
     c, h, w = model.cfg.image_shape
     mu, _ = encode_mean(model, torch.as_tensor(example).reshape(-1, c, h, w), device="cpu")
@@ -160,9 +236,45 @@ def log_encoder_model(checkpoint: Path, example: np.ndarray, registered_model_na
         code_paths=[str(PACKAGE_DIR)],
         signature=infer_signature(example, mu.numpy()),
         input_example=example,
-        registered_model_name=registered_model_name,
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
     )
+
+
+def run_exists(client: MlflowClient, run_id: str | None) -> bool:
+    """Whether the tracking server holds this run (a lost store or another server does not)."""
+    if run_id is None:
+        return False
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return False
+        raise
+    return True
+
+
+def logged_model_of_run(run_id: str) -> str | None:
+    """The URI of the encoder model a run already logged, or None: a re-run after a crash logs it once."""
+    found = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}' AND name = 'model'", output_format="list")
+    return f"models:/{found[0].model_id}" if found else None
+
+
+def version_of_run(client: MlflowClient, name: str, run_id: str) -> int | None:
+    """The registered version of `name` made from `run_id`, or None: registration is idempotent through this."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'")
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return None
+        raise
+    return min(int(v.version) for v in versions) if versions else None
+
+
+def register_version(client: MlflowClient, name: str, model_uri: str, run_id: str) -> int:
+    """Register `model_uri` as a new version of `name` and wait until it is READY."""
+    version = mlflow.register_model(model_uri, name, await_registration_for=0)
+    wait_until_ready(client, name, str(version.version))
+    return int(version.version)
 
 
 def wait_until_ready(client: MlflowClient, name: str, version: str, timeout_s: float = 60) -> None:
@@ -172,6 +284,18 @@ def wait_until_ready(client: MlflowClient, name: str, version: str, timeout_s: f
         if time.monotonic() > deadline:
             raise TrackingError(f"model {name} version {version} is still registering after {timeout_s}s.")
         time.sleep(0.2)
+
+
+def download_checkpoint(client: MlflowClient, run_id: str, folder: Path) -> Path:
+    """The training checkpoint a run logged (artifact checkpoint/checkpoint.pt), downloaded into `folder`."""
+    try:
+        local = client.download_artifacts(run_id, "checkpoint/checkpoint.pt", str(folder))
+    except (MlflowException, OSError) as exc:
+        raise TrackingError(
+            f"MLflow run {run_id} has no checkpoint/checkpoint.pt artifact ({exc}); its model cannot be re-measured. "
+            "Re-materialize vae_model for that configuration, or move the champion alias by hand."
+        ) from exc
+    return Path(local)
 
 
 def version_by_alias(client: MlflowClient, name: str, alias: str) -> Any | None:

@@ -1,26 +1,62 @@
-"""The run's whole config, checked before any step runs, so a bad value fails before ingest writes anything.
+"""The run's whole config, checked before any step runs, so a bad value fails before any work starts.
 
 Dagster checks run config against the schema (types, unknown fields) when a run is launched, but
-not the values: `epochs: -1` is a valid int. Each asset validates its own config when it starts,
-which in a whole-graph run is after ingest has already written the tensor store. So the code
-location's executor checks every asset's config first: the in-process executor, wrapped so that
-a run (launched from the UI, GraphQL, the CLI or the schedule) fails with the field and the fix
-before its first step starts. The checks are the core configs' own validation; nothing new here.
+not the values: `iwae_k: 0` is a valid int. Each asset also validates its own config when it
+starts, which in a whole-graph run is after ingest and training. So the code location's executor
+checks every asset's config first: whichever executor the run uses (in-process or multiprocess,
+chosen in the run config's `execution` section), it is wrapped so that a run launched from the
+UI, GraphQL, the CLI or a schedule fails with the field and the fix before its first step. The
+checks are the core configs' own validation; nothing new here.
 """
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import dagster as dg
 from pydantic import ValidationError
 
-from vae_pipeline.core.config import ConfigError, DataConfig
+from vae_pipeline.core.config import (
+    ConfigError,
+    DataConfig,
+    EmbeddingsConfig,
+    EvaluationConfig,
+    GateConfig,
+    ModelConfig,
+    ReportConfig,
+    SamplesConfig,
+    TrainConfig,
+)
 from vae_pipeline.core.device import resolve_device
+from vae_pipeline.defs.assets.evaluation import LatentEvaluationConfig
 from vae_pipeline.defs.assets.ingest import MnistRawConfig, MnistTensorsConfig
+from vae_pipeline.defs.assets.outputs import (
+    LatentEmbeddingsConfig,
+    PriorSamplesConfig,
+    ReconstructionReportConfig,
+)
+from vae_pipeline.defs.assets.promotion import ChampionComparisonConfig
 from vae_pipeline.defs.assets.training import VaeTrainingConfig
+from vae_pipeline.defs.config_classes import to_core
+
+# Every asset that takes config, with the checks its values must pass. A test asserts that no
+# configurable asset of the definitions is missing here.
+CONFIG_CHECKS: dict[str, tuple[type[dg.Config], Callable[[Any], object]]] = {
+    "mnist_raw": (MnistRawConfig, lambda c: DataConfig(dataset=c.dataset)),
+    "mnist_tensors": (MnistTensorsConfig, lambda c: DataConfig(val_size=c.val_size, split_seed=c.split_seed)),
+    "vae_model": (
+        VaeTrainingConfig,
+        lambda c: (to_core(c, ModelConfig), to_core(c, TrainConfig), resolve_device(c.device)),
+    ),
+    "latent_embeddings": (LatentEmbeddingsConfig, lambda c: to_core(c, EmbeddingsConfig)),
+    "prior_samples": (PriorSamplesConfig, lambda c: to_core(c, SamplesConfig)),
+    "reconstruction_report": (ReconstructionReportConfig, lambda c: to_core(c, ReportConfig)),
+    "latent_evaluation": (LatentEvaluationConfig, lambda c: to_core(c, EvaluationConfig)),
+    "champion_comparison": (ChampionComparisonConfig, lambda c: to_core(c, GateConfig)),
+}
 
 
-def _asset_config(run_config: Mapping[str, Any], asset: str, cls: type[dg.Config]) -> Any:
+def _asset_config(run_config: Mapping[str, Any], asset: str) -> Any:
+    cls = CONFIG_CHECKS[asset][0]
     values = ((run_config.get("ops") or {}).get(asset) or {}).get("config") or {}
     try:
         return cls(**values)
@@ -35,23 +71,14 @@ def check_run_config(run_config: Mapping[str, Any]) -> None:
     The batch size is checked against the most training images the split can leave; against the
     actual count (a slice has fewer) vae_model checks again before it creates anything.
     """
-    checks = []
-    raw = _asset_config(run_config, "mnist_raw", MnistRawConfig)
-    tensors = _asset_config(run_config, "mnist_tensors", MnistTensorsConfig)
-    vae = _asset_config(run_config, "vae_model", VaeTrainingConfig)
-    checks.append(("mnist_raw", lambda: DataConfig(dataset=raw.dataset)))
-    checks.append(
-        ("mnist_tensors", lambda: DataConfig(dataset=raw.dataset, val_size=tensors.val_size, split_seed=tensors.split_seed))
-    )
-    checks.append(("vae_model", vae.to_model_config))
-    checks.append(("vae_model", vae.to_train_config))
-    checks.append(("vae_model", lambda: resolve_device(vae.device)))
-    for asset, check in checks:
+    configs = {asset: _asset_config(run_config, asset) for asset in CONFIG_CHECKS}
+    for asset, (_, check) in CONFIG_CHECKS.items():
         try:
-            check()
+            check(configs[asset])
         except ConfigError as exc:
             raise ConfigError(f"ops.{asset}.config: {exc}") from exc
-    limit = DataConfig(dataset=raw.dataset, val_size=tensors.val_size).max_train_images
+    tensors, vae = configs["mnist_tensors"], configs["vae_model"]
+    limit = DataConfig(dataset=configs["mnist_raw"].dataset, val_size=tensors.val_size).max_train_images
     if vae.batch_size > limit:
         raise ConfigError(
             f"ops.vae_model.config: batch_size={vae.batch_size} is larger than the at most {limit} training images "
@@ -59,8 +86,8 @@ def check_run_config(run_config: Mapping[str, Any]) -> None:
         )
 
 
-class _CheckedInProcessExecutor(dg.Executor):
-    """The in-process executor, after `check_run_config` passed."""
+class _CheckedExecutor(dg.Executor):
+    """Any executor, after `check_run_config` passed."""
 
     def __init__(self, inner: dg.Executor) -> None:
         self._inner = inner
@@ -78,15 +105,37 @@ class _CheckedInProcessExecutor(dg.Executor):
         yield from self._inner.execute(plan_context, execution_plan)
 
 
-def _create(init_context: dg.InitExecutorContext) -> dg.Executor:
-    return _CheckedInProcessExecutor(dg.in_process_executor.executor_creation_fn(init_context))
+def checked(executor: dg.ExecutorDefinition, *, name: str | None = None, config_schema: Any = None,
+            description: str | None = None) -> dg.ExecutorDefinition:
+    """`executor` with the whole run config checked before its first step (same config unless given)."""
+
+    def create(init_context: dg.InitExecutorContext) -> dg.Executor:
+        return _CheckedExecutor(executor.executor_creation_fn(init_context))
+
+    return dg.ExecutorDefinition(
+        name=name or executor.name,
+        config_schema=config_schema if config_schema is not None else executor.config_schema,
+        requirements=executor.get_requirements,
+        executor_creation_fn=create,
+        description=description or f"Checks every asset's config, then runs as {executor.name}.",
+    )
 
 
-# Same name and config as Dagster's in-process executor, so run configs and the UI are unchanged.
-checked_in_process_executor = dg.ExecutorDefinition(
-    name="in_process",
-    config_schema=dg.in_process_executor.config_schema,
-    requirements=dg.in_process_executor.get_requirements,
-    executor_creation_fn=_create,
-    description="Checks every asset's config, then executes all steps in one process.",
+# The code location's executor: one process per run by default (on a 2-core machine a process
+# per step costs more in imports than it buys), Dagster's multiprocess executor when the run
+# config says `execution: {config: {multiprocess: {max_concurrent: N}}}`. Checked either way.
+checked_executor = checked(
+    dg.multi_or_in_process_executor,
+    name="in_process_or_multiprocess",
+    config_schema=dg.Field(
+        dg.Selector(
+            {
+                "in_process": dg.in_process_executor.config_schema.as_field(),
+                "multiprocess": dg.multiprocess_executor.config_schema.as_field(),
+            }
+        ),
+        default_value={"in_process": {}},
+    ),
+    description="Checks every asset's config, then runs all steps in one process (default) or one process per step.",
 )
+checked_in_process_executor = checked(dg.in_process_executor)

@@ -11,7 +11,8 @@ import torch
 
 from vae_pipeline.core.config import ModelConfig, TrainConfig
 from vae_pipeline.core.model import build_model
-from vae_pipeline.core.train import CHECKPOINT_FORMAT_VERSION, fit, load_checkpoint, load_model
+from vae_pipeline.core.checkpoint import CHECKPOINT_FORMAT_VERSION, load_checkpoint, load_model
+from vae_pipeline.core.train import fit
 
 
 class _Payload:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
-from vae_pipeline.core import inference, losses
+from vae_pipeline.core import inference, losses, smoothness
 from vae_pipeline.core.config import ModelConfig
 from vae_pipeline.core.model import build_model
 
@@ -91,29 +93,36 @@ class TestKlPerDimension:
     def test_dataset_average_and_sums_to_the_mean_kl(self) -> None:
         g = torch.Generator().manual_seed(0)
         mu, logvar = torch.randn(50, 4, generator=g), torch.randn(50, 4, generator=g)
-        per_dim = inference.kl_per_dimension(mu, logvar)
+        per_dim = inference.mean_kl_per_dimension(mu, logvar)
         assert per_dim.shape == (4,)
         torch.testing.assert_close(per_dim.sum(), losses.kl_divergence(mu, logvar).mean())
 
     def test_collapsed_dimension_is_zero(self) -> None:
         mu = torch.cat([torch.randn(20, 1), torch.zeros(20, 1)], dim=1)
         logvar = torch.zeros(20, 2)
-        per_dim = inference.kl_per_dimension(mu, logvar)
+        per_dim = inference.mean_kl_per_dimension(mu, logvar)
         assert per_dim[1] == 0.0 and per_dim[0] > 0.0
 
 
-class TestInterpolate:
-    def test_end_points_are_the_reconstructions_at_mu(self) -> None:
-        model, x = build_model(MODEL), _x(2)
-        path = inference.interpolate(model, x[0], x[1], steps=5)
-        assert path.shape == (5, 1, 28, 28)
+class TestDecodeLatents:
+    def test_codes_decode_to_the_reconstructions_at_mu_whatever_the_batch(self) -> None:
+        model, x = build_model(MODEL), _x(5)
         with torch.no_grad():
             mu, _ = model.encode(x)
-            ends = torch.sigmoid(model.decode(mu))
-        torch.testing.assert_close(path[0], ends[0])
-        torch.testing.assert_close(path[-1], ends[1])
+            expected = torch.sigmoid(model.decode(mu))
+        images = inference.decode_latents(model, mu, "cpu", batch_size=2)
+        assert images.shape == (5, 1, 28, 28)
+        torch.testing.assert_close(images, expected)
 
-    def test_needs_two_steps(self) -> None:
+    def test_interpolation_through_the_one_implementation_ends_on_the_reconstructions(self) -> None:
         model, x = build_model(MODEL), _x(2)
-        with pytest.raises(ValueError, match="steps"):
-            inference.interpolate(model, x[0], x[1], steps=1)
+        mu, _ = inference.encode_mean(model, x)
+        path = smoothness.decode_interpolations(partial(inference.decode_latents, model, device="cpu"), mu[:1], mu[1:], steps=5)
+        assert path.shape == (1, 5, 1, 28, 28)
+        ends = inference.decode_latents(model, mu)
+        torch.testing.assert_close(path[0, 0], ends[0])
+        torch.testing.assert_close(path[0, -1], ends[1])
+
+    def test_codes_of_the_wrong_width_fail_loudly(self) -> None:
+        with pytest.raises(ValueError, match="z must be"):
+            inference.decode_latents(build_model(MODEL), torch.zeros(3, 7))

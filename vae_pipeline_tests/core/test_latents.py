@@ -22,8 +22,8 @@ def _split(n: int, d: int, offset: int, variational: bool = True) -> dict[str, n
         "label": rng.integers(0, 10, n),
         "mu": rng.normal(size=(n, d)),
         "logvar": rng.normal(size=(n, d)) if variational else None,
-        "recon_nll": rng.uniform(50, 150, n),
-        "kl": rng.uniform(10, 30, n),
+        "recon_nll_at_mu": rng.uniform(50, 150, n),
+        "kl": rng.uniform(10, 30, n) if variational else None,
     }
 
 
@@ -32,8 +32,8 @@ class TestLatentTable:
         splits = {"train": _split(5, 3, 0), "val": _split(2, 3, 5), "test": _split(4, 3, 0)}
         table = latents.latent_table(splits, model_version=7, metadata={"model_name": "vae-mnist"})
         assert table.num_rows == 11
-        assert table.schema.field("mu").type.list_size == 3
         assert table.schema.metadata[b"model_name"] == b"vae-mnist"
+        assert table.schema.metadata[b"latent_dim"] == b"3"
         frame = table.to_pandas()
         assert frame["image_id"].tolist()[:2] == ["train-00000", "train-00001"]
         assert frame["image_id"].tolist()[5] == "train-00005"  # val comes from the official train file
@@ -42,9 +42,16 @@ class TestLatentTable:
         np.testing.assert_allclose(np.stack(frame["mu"][:5]), splits["train"]["mu"], rtol=1e-6)
         assert set(frame["model_version"]) == {7}
 
-    def test_autoencoder_rows_have_null_logvar(self) -> None:
+    def test_autoencoder_rows_have_null_logvar_and_kl(self) -> None:
         table = latents.latent_table({"test": _split(3, 2, 0, variational=False)}, model_version=1)
-        assert table.column("logvar").null_count == 3
+        assert table.column("logvar").null_count == 3 and table.column("kl").null_count == 3
+
+    @pytest.mark.parametrize("bad", [255, -1, 128])
+    def test_labels_that_int8_would_wrap_are_refused(self, bad: int) -> None:
+        split = _split(3, 2, 0)
+        split["label"] = np.array([1, bad, 2])
+        with pytest.raises(ValueError, match="outside what the latents table stores"):
+            latents.latent_table({"test": split}, model_version=1)
 
 
 class TestParquetFolder:
@@ -56,6 +63,19 @@ class TestParquetFolder:
         assert every.groupby("model_version").size().to_dict() == {1: 4, 2: 4, 3: 4}
         two = pd.read_parquet(tmp_path, filters=[("model_version", "==", 2)])
         assert len(two) == 4 and set(two["model_version"]) == {2}
+
+    def test_an_autoencoder_file_and_another_latent_size_do_not_poison_the_folder(self, tmp_path: Path) -> None:
+        # Before: a null fixed-size logvar list made pd.read_parquet fail for the whole folder.
+        latents.write_parquet(latents.latent_table({"test": _split(4, 3, 1)}, 1), tmp_path / "v0001.parquet")
+        ae = latents.latent_table({"test": _split(4, 3, 2, variational=False)}, 2)
+        latents.write_parquet(ae, tmp_path / "v0002.parquet")
+        latents.write_parquet(latents.latent_table({"test": _split(4, 2, 3)}, 3), tmp_path / "v0003.parquet")
+        every = pd.read_parquet(tmp_path)
+        assert every.groupby("model_version").size().to_dict() == {1: 4, 2: 4, 3: 4}
+        assert every.loc[every.model_version == 2, "logvar"].isna().all()
+        assert every.loc[every.model_version == 2, "kl"].isna().all()
+        assert np.stack(every.loc[every.model_version == 3, "mu"]).shape == (4, 2)
+        assert np.stack(every.loc[every.model_version == 1, "logvar"]).shape == (4, 3)
 
     def test_failed_write_keeps_the_previous_file(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         path = tmp_path / "v0001.parquet"

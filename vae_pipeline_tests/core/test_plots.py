@@ -10,7 +10,18 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from vae_pipeline.core.plots import image_grid_png, interpolation_strip_png, tile_images, tsne_scatter_png
+from scipy.stats import norm
+
+from vae_pipeline.core.plots import (
+    PANEL_GAP_PX,
+    gaussian_quantile_grid,
+    image_grid_png,
+    image_panels_png,
+    interpolation_strip_png,
+    latent_scatter_panels_png,
+    tile_images,
+    tsne_scatter_png,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -35,6 +46,11 @@ class TestTileImages:
         assert grid.shape == (2 * 30 + 2, 3 * 30 + 2)
         assert grid[32:60, 32:60].min() == 1.0  # fifth image: second row, second column
         assert grid[2:30, 2:30].max() == 0.0
+
+    def test_padding_is_background_ink_zero(self):
+        # Shown with gray_r, 0 is white paper: padding must not draw black frames around the digits.
+        grid = tile_images(np.ones((4, 1, 28, 28)), nrow=2, padding=2)
+        assert grid[:2].max() == 0.0 and grid[:, 30:32].max() == 0.0
 
     def test_out_of_range_images_are_refused(self):
         with pytest.raises(ValueError, match="clamp"):
@@ -107,3 +123,50 @@ class TestTsneScatterPng:
     def test_mismatched_labels_fail_loudly(self, tmp_path):
         with pytest.raises(ValueError, match="labels"):
             tsne_scatter_png(np.zeros((5, 2)), np.zeros(4), tmp_path / "tsne.png")
+
+
+class TestImagePanelsPng:
+    def test_panels_sit_side_by_side_at_the_grid_size(self, tmp_path):
+        panels = [(f"model {i}: FD {10.0 * i:.1f}", digits(20, seed=i)) for i in range(3)]
+        image = read_png(image_panels_png(panels, tmp_path / "panels.png", nrow=10))
+        grid_w, grid_h = 2 * (10 * 30 + 2), 2 * (2 * 30 + 2)
+        assert image.size[0] == 3 * grid_w + 2 * PANEL_GAP_PX
+        assert image.size[1] > grid_h  # the grids plus the title band
+        assert [p.name for p in tmp_path.iterdir()] == ["panels.png"]
+
+    def test_panels_of_different_sizes_are_refused(self, tmp_path):
+        with pytest.raises(ValueError, match="same number of images"):
+            image_panels_png([("a", digits(20)), ("b", digits(10))], tmp_path / "panels.png", nrow=10)
+        assert not (tmp_path / "panels.png").exists()
+
+
+class TestGaussianQuantileGrid:
+    def test_grid_holds_quantiles_in_display_order(self):
+        grid = gaussian_quantile_grid(5)
+        q = norm.ppf([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])
+        assert grid.shape == (25, 2)
+        np.testing.assert_allclose(grid[:5, 0], q)  # first row: z_1 increases left to right
+        np.testing.assert_allclose(grid[:5, 1], q[-1])  # ... at the largest z_2 (top of the picture)
+        np.testing.assert_allclose(grid[::5, 1], q[::-1])
+        assert np.isfinite(grid).all()
+
+    def test_decoded_grid_renders_as_a_square_manifold(self, tmp_path):
+        n = 6
+        codes = torch.from_numpy(gaussian_quantile_grid(n)).float()
+        images = torch.sigmoid(codes[:, :1, None, None] * torch.ones(1, 1, 28, 28))  # brightness follows z_1
+        image = read_png(image_panels_png([("VAE", images), ("AE", images.flip(0))], tmp_path / "manifold.png", nrow=n))
+        assert image.size[0] == 2 * 2 * (n * 30 + 2) + PANEL_GAP_PX
+
+
+class TestLatentScatterPanelsPng:
+    def test_writes_one_panel_per_model(self, tmp_path):
+        rng = np.random.default_rng(0)
+        panels = [("VAE", rng.standard_normal((300, 2)), rng.integers(0, 10, 300)),
+                  ("AE", 8 * rng.standard_normal((300, 2)), rng.integers(0, 10, 300))]
+        image = read_png(latent_scatter_panels_png(panels, tmp_path / "codes.png", panel_px=300))
+        assert image.size == (600, 300)
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 10
+
+    def test_codes_that_are_not_2d_are_refused(self, tmp_path):
+        with pytest.raises(ValueError, match="2-D codes"):
+            latent_scatter_panels_png([("VAE", np.zeros((10, 20)), np.zeros(10))], tmp_path / "codes.png")

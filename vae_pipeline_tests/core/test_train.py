@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from vae_pipeline.core.config import ConfigError, ModelConfig, TrainConfig
-from vae_pipeline.core.data import read_raw_dataset
+from vae_pipeline.core.idx import read_raw_dataset
 from vae_pipeline.core.model import build_model
+from vae_pipeline.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 from vae_pipeline.core.train import (
     TIMING_KEYS,
     Callback,
@@ -19,9 +20,6 @@ from vae_pipeline.core.train import (
     NonFiniteLossError,
     ProgressPrinter,
     fit,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
 )
 
 MODEL = ModelConfig(hidden_dims=(32,), latent_dim=4)

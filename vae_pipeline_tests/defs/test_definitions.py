@@ -13,7 +13,7 @@ def test_definitions_load_and_describe_every_asset() -> None:
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {
         "mnist_raw", "mnist_tensors", "vae_model", "autoencoder_baseline", "latent_embeddings",
-        "prior_samples", "reconstruction_report", "latent_evaluation", "champion_model",
+        "prior_samples", "reconstruction_report", "latent_evaluation", "champion_comparison", "champion_model",
     }
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
@@ -27,3 +27,8 @@ def test_nightly_schedule_requests_the_whole_pipeline() -> None:
     assert schedule.job_name == "vae_pipeline_job"
     job = defs.resolve_job_def("vae_pipeline_job")
     assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} >= {"vae_model", "champion_model"}
+
+
+def test_the_failed_run_sensor_is_on_by_default() -> None:
+    sensor = defs.resolve_sensor_def("end_mlflow_runs_of_failed_runs")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING

@@ -64,9 +64,8 @@ class TestWholeGraph:
         folder = data_dir / "latents" / "vae-mnist"
         assert sorted(p.name for p in folder.glob("*.parquet")) == ["v0001.parquet", "v0002.parquet"]
         schema = pq.read_schema(folder / "v0001.parquet")
-        assert schema.names == ["image_id", "split", "label", "mu", "logvar", "recon_nll", "kl", "model_version"]
-        assert schema.field("mu").type.list_size == 4
-        assert schema.metadata[b"model_version"] == b"1"
+        assert schema.names == ["image_id", "split", "label", "mu", "logvar", "recon_nll_at_mu", "kl", "model_version"]
+        assert schema.metadata[b"model_version"] == b"1" and schema.metadata[b"latent_dim"] == b"4"
         both = pd.read_parquet(folder)
         assert both.groupby("model_version").size().to_dict() == {1: 1500, 2: 1500}
         one = pd.read_parquet(folder, filters=[("model_version", "==", 2)])

@@ -12,7 +12,7 @@ import pytest
 
 from vae_pipeline.core.config import ConfigError
 from vae_pipeline.defs.resources import DATA_DIR_ENV, default_resources
-from vae_pipeline.defs.validation import check_run_config, checked_in_process_executor
+from vae_pipeline.defs.validation import CONFIG_CHECKS, check_run_config, checked_executor
 from vae_pipeline_tests.defs.test_graph import run_config
 
 # (vae_model config override, words the message must contain)
@@ -22,6 +22,20 @@ BAD_TRAINING = {
     "unknown likelihood": ({"likelihood": "poisson"}, ["ops.vae_model.config", "likelihood='poisson'", "bernoulli, gaussian"]),
     "batch larger than any split": ({"batch_size": 100_000}, ["ops.vae_model.config", "batch_size=100000", "smaller batch_size"]),
     "cuda without a GPU": ({"device": "cuda"}, ["ops.vae_model.config", "device='cuda'", "device=auto or cpu"]),
+}
+
+
+# Configs of the assets after training: before, they were checked only when their step ran, so
+# `iwae_k: 0` failed with "math domain error" after training and registering a new challenger.
+BAD_DOWNSTREAM = {
+    "iwae_k 0": ("latent_evaluation", {"iwae_k": 0}, "iwae_k=0 must be at least 1"),
+    "iwae_examples 0": ("latent_evaluation", {"iwae_examples": 0}, "iwae_examples=0 must be at least 1"),
+    "tsne_points 10": ("latent_evaluation", {"tsne_points": 10}, "tsne_points=10 must be at least 50"),
+    "knn_k above probe rows": ("latent_evaluation", {"knn_k": 50, "probe_max_train": 20}, "knn_k=50 must not exceed"),
+    "smoothness_steps 2": ("latent_evaluation", {"smoothness_steps": 2}, "smoothness_steps=2 must be at least 3"),
+    "no prior samples": ("prior_samples", {"n_samples": 0}, "n_samples=0 must be at least 1"),
+    "one-frame interpolation": ("prior_samples", {"interpolation_steps": 1}, "interpolation_steps=1 must be at least 2"),
+    "empty gallery": ("reconstruction_report", {"gallery_size": 0}, "gallery_size=0 must be between 1 and 1000"),
 }
 
 
@@ -50,6 +64,24 @@ class TestCheckRunConfig:
         for words in BAD_TRAINING[case][1]:
             assert words in str(info.value)
 
+    @pytest.mark.parametrize("case", sorted(BAD_DOWNSTREAM))
+    def test_each_bad_downstream_value_names_the_asset_field_and_fix(self, case: str) -> None:
+        asset, values, words = BAD_DOWNSTREAM[case]
+        with pytest.raises(ConfigError) as info:
+            check_run_config({"ops": {asset: {"config": values}}})
+        assert str(info.value).startswith(f"ops.{asset}.config: ") and words in str(info.value)
+
+    def test_every_configurable_asset_is_checked(self) -> None:
+        from vae_pipeline.definitions import defs
+
+        configurable = {
+            key.to_user_string()
+            for assets_def in defs.assets
+            for key in assets_def.keys
+            if getattr(assets_def.op.config_schema.as_field().config_type, "fields", None)  # no config: Any
+        }
+        assert configurable and configurable <= set(CONFIG_CHECKS), configurable - set(CONFIG_CHECKS)
+
     def test_a_bad_ingest_value_is_named_too(self) -> None:
         with pytest.raises(ConfigError, match=r"ops.mnist_tensors.config: val_size=0 must be between 1 and 59999"):
             check_run_config({"ops": {"mnist_tensors": {"config": {"val_size": 0}}}})
@@ -70,7 +102,7 @@ def checked_job() -> dg.JobDefinition:
         asset_checks=defs.asset_checks,
         jobs=defs.jobs,
         resources=default_resources(os.environ[DATA_DIR_ENV]),
-        executor=checked_in_process_executor,
+        executor=checked_executor,
     )
     return location.resolve_job_def("vae_pipeline_job")
 
@@ -106,6 +138,17 @@ class TestRunFailsBeforeAnyStep:
         message = _run_without_steps(_bad_config(case, mnist_slice_dir))
         for words in BAD_TRAINING[case][1]:
             assert words in message
+        assert _files(data_dir) == []
+
+    @pytest.mark.parametrize("execution", ["in_process", "multiprocess"])
+    def test_bad_evaluation_config_fails_before_training_under_every_executor(
+        self, execution: str, data_dir: Path, mnist_slice_dir: Path
+    ) -> None:
+        config = run_config(mnist_slice_dir).to_config_dict()
+        config["ops"]["latent_evaluation"]["config"]["iwae_k"] = 0
+        config["execution"] = {"config": {execution: {}}}
+        message = _run_without_steps(config)
+        assert "ops.latent_evaluation.config: iwae_k=0 must be at least 1" in message
         assert _files(data_dir) == []
 
     def test_unreachable_tracking_server(self, data_dir: Path, mnist_slice_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

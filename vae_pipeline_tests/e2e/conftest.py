@@ -8,6 +8,7 @@ check that the defaults bind the loopback interface only.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -200,7 +201,7 @@ def dagster_dev(e2e_root: Path, mlflow_server: Server, mnist_slice_dir: Path) ->
     port = free_port()
     home, data_dir = e2e_root / "dagster_home", e2e_root / "data"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    shutil.copy(REPO_ROOT / "deploy" / "local" / "dagster.yaml", home / "dagster.yaml")  # the instance the scripts create
     env = {
         "DAGSTER_HOME": str(home),
         "VAE_PIPELINE_DATA_DIR": str(data_dir),

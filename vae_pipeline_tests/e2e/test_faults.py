@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from vae_pipeline.core.train import TIMING_KEYS, load_checkpoint
+from vae_pipeline.core.checkpoint import load_checkpoint
+from vae_pipeline.core.train import TIMING_KEYS
 from vae_pipeline_tests.conftest import REPO_ROOT
 from vae_pipeline_tests.e2e.conftest import ARTIFACTS, DagsterDev, child_env, mlflow_client
 
@@ -176,7 +177,7 @@ class TestTwoMaterializationsAtOnce:
             assert vae["reused"] is False
             # each run's manifests point at its own model version, never at the other run's
             assert latents["model_version"] == samples["model_version"] == report["model_version"] == vae["model_version"]
-            table = pq.read_table(latents["path"])
+            table = pq.read_table(data_dir / latents["path"])
             assert table.schema.metadata[b"model_version"] == str(vae["model_version"]).encode()
             assert set(table.column("model_version").to_pylist()) == {vae["model_version"]} and table.num_rows == 1500
             assert client.get_run(vae["mlflow_run_id"]).data.tags["dagster.run_id"] == run_id
@@ -214,7 +215,7 @@ class TestTwoMaterializationsAtOnce:
             vae = _manifest(data_dir, "vae_model", out["run_id"])
             latents = _manifest(data_dir, "latent_embeddings", out["run_id"])
             assert latents["model_version"] == vae["model_version"]
-            assert set(pd.read_parquet(latents["path"])["model_version"]) == {vae["model_version"]}
+            assert set(pd.read_parquet(data_dir / latents["path"])["model_version"]) == {vae["model_version"]}
             versions.append(vae["model_version"])
         assert sorted(versions) == [1, 2]
         client = mlflow_client(f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")

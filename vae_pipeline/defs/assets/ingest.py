@@ -2,10 +2,11 @@
 
 import os
 import time
+from pathlib import Path
 
 import dagster as dg
 
-from vae_pipeline.core import data
+from vae_pipeline.core import idx, raw_source, tensor_store
 from vae_pipeline.core.config import DataConfig
 from vae_pipeline.defs.resources import MNIST_DIR_ENV, PipelineStorage
 
@@ -28,25 +29,40 @@ class MnistTensorsConfig(dg.Config):
     split_seed: int = 0  # the split is a seeded permutation
 
 
-@dg.asset(group_name=GROUP, code_version="1")
+def _record(storage: PipelineStorage, path: Path) -> str:
+    """How the raw manifest names a path: relative inside the data folder (movable), else absolute.
+
+    A source folder outside the data folder is the user's own (configured or $VAE_PIPELINE_MNIST_DIR),
+    and only its absolute path names it.
+    """
+    path = path.resolve()
+    return storage.relative(path) if path.is_relative_to(storage.root) else str(path)
+
+
+def _recorded(storage: PipelineStorage, stored: str) -> Path:
+    """The path a raw manifest names (see `_record`)."""
+    return Path(stored) if Path(stored).is_absolute() else storage.resolve(stored)
+
+
+@dg.asset(group_name=GROUP, code_version="2")
 def mnist_raw(context: dg.AssetExecutionContext, config: MnistRawConfig, storage: PipelineStorage) -> dg.Output:
     """The four official IDX files, located and checked against the official md5 sums."""
     DataConfig(dataset=config.dataset)  # validates the name before any file is touched
-    directory, source = data.locate_raw_dir(
+    directory, source = raw_source.locate_raw_dir(
         config.dataset,
         config.source_dir or os.environ.get(MNIST_DIR_ENV),
         storage.root,
         config.allow_download,
     )
-    raw = data.read_raw_dataset(directory, config.dataset, verify_md5=config.verify_md5, source=source)
+    raw = idx.read_raw_dataset(directory, config.dataset, verify_md5=config.verify_md5, source=source)
     files = {
-        key: {"path": str(f.path), "md5": f.md5, "content_md5": f.content_md5, "verified": f.verified}
+        key: {"path": _record(storage, f.path), "md5": f.md5, "content_md5": f.content_md5, "verified": f.verified}
         for key, f in raw.files.items()
     }
     manifest = {
         "dataset": raw.dataset,
         "source": source,
-        "directory": str(raw.directory.resolve()),
+        "directory": _record(storage, raw.directory),
         "verify_md5": config.verify_md5,
         "files": files,
         "counts": raw.counts(),
@@ -67,27 +83,38 @@ def mnist_raw(context: dg.AssetExecutionContext, config: MnistRawConfig, storage
     )
 
 
-@dg.asset(group_name=GROUP, code_version="1")
+@dg.asset(group_name=GROUP, code_version="2")
 def mnist_tensors(
     context: dg.AssetExecutionContext, config: MnistTensorsConfig, storage: PipelineStorage, mnist_raw: dict
 ) -> dg.Output:
-    """Normalized images (uint8 x 1/255), labels and a seeded train/val/test split, as safetensors."""
+    """Normalized images (uint8 x 1/255), labels and a seeded train/val/test split, as safetensors.
+
+    The store is filed under its content hash, so a second split lands beside the first instead
+    of replacing the store that earlier models were trained on.
+    """
     start = time.perf_counter()
     dataset = mnist_raw["dataset"]
     DataConfig(dataset=dataset, val_size=config.val_size, split_seed=config.split_seed)
-    raw = data.read_raw_dataset(mnist_raw["directory"], dataset, verify_md5=mnist_raw["verify_md5"])
-    arrays = data.build_store_arrays(raw, config.val_size, config.split_seed)
-    path = storage.path("tensors", f"{dataset}.safetensors")
-    digest = data.write_tensor_store(path, arrays, data.store_metadata(raw, config.val_size, config.split_seed))
-    store = data.load_tensor_store(path)
-    summary = data.store_summary(store)
-    context.log.info(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.2f}s")
+    directory = _recorded(storage, mnist_raw["directory"])
+    raw = idx.read_raw_dataset(directory, dataset, verify_md5=mnist_raw["verify_md5"])
+    arrays = tensor_store.build_store_arrays(raw, config.val_size, config.split_seed)
+    metadata = tensor_store.store_metadata(raw, config.val_size, config.split_seed)
+    stored = tensor_store.put_tensor_store(storage.folder("tensors"), arrays, metadata)
+    if stored.damage is not None:
+        context.log.warning(f"{stored.path} was damaged and has been rewritten: {stored.damage}")
+    path, digest = stored.path, stored.content_sha256
+    store = tensor_store.load_tensor_store(path)
+    summary = tensor_store.store_summary(store)
+    context.log.info(
+        f"{stored.action} {path} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.2f}s"
+    )
     return dg.Output(
-        {"path": str(path), "dataset": dataset, "content_sha256": digest, "val_size": config.val_size,
+        {"path": storage.relative(path), "dataset": dataset, "content_sha256": digest, "val_size": config.val_size,
          "split_seed": config.split_seed, "counts": {k: v["count"] for k, v in summary.items()}},
         data_version=dg.DataVersion(digest),
         metadata={
             "path": dg.MetadataValue.path(str(path)),
+            "store_write": stored.action if stored.damage is None else f"{stored.action}: {stored.damage}",
             "content_sha256": digest,
             "size_mib": round(path.stat().st_size / 2**20, 2),
             "storage": "uint8 images x 1/255 (lossless, 4x smaller than float32)",

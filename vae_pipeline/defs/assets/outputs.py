@@ -1,6 +1,7 @@
 """Outputs of a trained model: latent embeddings (parquet), prior samples, reconstruction report."""
 
 import base64
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -9,11 +10,17 @@ import pyarrow as pa
 import torch
 from safetensors.torch import save_file
 
-from vae_pipeline.core import data, evaluation, latents, plots, reports
+from vae_pipeline.core import latents, plots, reports, smoothness
 from vae_pipeline.core.atomic import atomic_path
+from vae_pipeline.core.config import EmbeddingsConfig, ReportConfig, SamplesConfig
 from vae_pipeline.core.device import resolve_device
-from vae_pipeline.core.inference import interpolate, sample_prior
-from vae_pipeline.core.train import load_model
+from vae_pipeline.core.inference import decode_latents, encode_mean, sample_prior
+from vae_pipeline.defs.config_classes import dagster_config, to_core
+from vae_pipeline.defs.lineage import (
+    check_same_data,
+    load_model_store,
+    load_trained_model,
+)
 from vae_pipeline.defs.resources import PipelineStorage
 from vae_pipeline.defs.tracking import MlflowTracking
 
@@ -42,8 +49,7 @@ def log_artifacts(mlflow_tracking: MlflowTracking, run_id: str, paths: list[Path
         client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
 
-class LatentEmbeddingsConfig(dg.Config):
-    seed: int = 0  # the fixed binarization that per-example NLLs are scored on
+LatentEmbeddingsConfig = dagster_config("LatentEmbeddingsConfig", "How the latents table scores each image.", EmbeddingsConfig, module=__name__)
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"})
@@ -55,9 +61,11 @@ def latent_embeddings(
     vae_model: dict,
 ) -> dg.Output:
     """One parquet row per image (train, val, test): mu, logvar, reconstruction NLL and KL, model version."""
+    config = to_core(config, EmbeddingsConfig)
     device = resolve_device("auto")
-    model = load_model(vae_model["checkpoint"], device)
-    store = data.load_tensor_store(mnist_tensors["path"])
+    check_same_data(vae_model, mnist_tensors)
+    model = load_trained_model(storage, vae_model, device)
+    store = load_model_store(storage, vae_model)
     encoded = reports.encode_splits(model, store, device, seed=config.seed)
     footer = {
         "model_name": vae_model["model_name"],
@@ -72,7 +80,7 @@ def latent_embeddings(
     counts = {name: len(split["label"]) for name, split in encoded.items()}
     context.log.info(f"wrote {table.num_rows} rows to {path}")
     return dg.Output(
-        {"path": str(path), "folder": str(folder), "model_name": vae_model["model_name"],
+        {"path": storage.relative(path), "folder": storage.relative(folder), "model_name": vae_model["model_name"],
          "model_version": vae_model["model_version"], "rows": counts},
         metadata={
             "path": dg.MetadataValue.path(str(path)),
@@ -80,7 +88,7 @@ def latent_embeddings(
             "model_version": vae_model["model_version"],
             "rows": table.num_rows,
             "rows_per_split": dg.MetadataValue.json(counts),
-            "mean_test_recon_nll": float(encoded["test"]["recon_nll"].mean()),
+            "mean_test_recon_nll_at_mu": float(encoded["test"]["recon_nll_at_mu"].mean()),
             "mean_test_kl": float(encoded["test"]["kl"].mean()),
             "dagster/column_schema": dg.TableSchema(
                 columns=[dg.TableColumn(f.name, str(f.type)) for f in table.schema]
@@ -93,11 +101,7 @@ def latent_embeddings(
     )
 
 
-class PriorSamplesConfig(dg.Config):
-    n_samples: int = 64  # an 8x8 grid
-    seed: int = 0  # z ~ N(0, I) is drawn from a generator with this seed
-    n_interpolations: int = 8  # pairs of test digits of different classes
-    interpolation_steps: int = 10
+PriorSamplesConfig = dagster_config("PriorSamplesConfig", "What the prior-samples asset draws and decodes.", SamplesConfig, module=__name__)
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch"})
@@ -110,8 +114,10 @@ def prior_samples(
     vae_model: dict,
 ) -> dg.Output:
     """Images decoded from z ~ N(0, I) (a tensor file and a PNG grid) and interpolations between test digits."""
+    config = to_core(config, SamplesConfig)
     device = resolve_device("auto")
-    model = load_model(vae_model["checkpoint"], device)
+    check_same_data(vae_model, mnist_tensors)
+    model = load_trained_model(storage, vae_model, device)
     folder = version_folder(storage, "samples", vae_model)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     samples = sample_prior(model, config.n_samples, generator, device)  # (n, 1, 28, 28)
@@ -120,14 +126,16 @@ def prior_samples(
         save_file({"images": samples.contiguous()}, str(tmp), metadata={"seed": str(config.seed)})
     grid = plots.image_grid_png(samples, folder / "prior_samples.png", nrow=8, title=f"z ~ N(0, I), seed {config.seed}")
 
-    test = data.load_tensor_store(mnist_tensors["path"])["test"]
-    a, b = evaluation.pick_interpolation_pairs(test.labels.numpy(), config.n_interpolations, config.seed)
+    test = load_model_store(storage, vae_model)["test"]
+    a, b = smoothness.pick_interpolation_pairs(test.labels.numpy(), config.n_interpolations, config.seed)
     x = test.float_images()
-    frames = [interpolate(model, x[i], x[j], config.interpolation_steps, device) for i, j in zip(a, b)]
+    (mu_a, _), (mu_b, _) = (encode_mean(model, x[torch.as_tensor(i)], device=device) for i in (a, b))  # (n_pairs, d) each
+    frames = smoothness.decode_interpolations(partial(decode_latents, model, device=device), mu_a, mu_b, config.interpolation_steps)
     strip = plots.interpolation_strip_png(frames, folder / "interpolations.png", title="latent interpolations (mu to mu)")
     log_artifacts(mlflow_tracking, vae_model["mlflow_run_id"], [tensor_path, grid, strip], "samples")
     return dg.Output(
-        {"tensor_path": str(tensor_path), "grid_png": str(grid), "interpolations_png": str(strip),
+        {"tensor_path": storage.relative(tensor_path), "grid_png": storage.relative(grid),
+         "interpolations_png": storage.relative(strip),
          "model_version": vae_model["model_version"]},
         metadata={
             "prior_samples": png_markdown(grid, "prior samples"),
@@ -138,8 +146,7 @@ def prior_samples(
     )
 
 
-class ReconstructionReportConfig(dg.Config):
-    gallery_size: int = 16  # worst and best test reconstructions shown
+ReconstructionReportConfig = dagster_config("ReconstructionReportConfig", "What the reconstruction report shows.", ReportConfig, module=__name__)
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"})
@@ -153,11 +160,13 @@ def reconstruction_report(
     latent_embeddings: dict,
 ) -> dg.Output:
     """Per-class test reconstruction error, the worst and best reconstructions, and the change since the last version."""
-    rows = pd.read_parquet(latent_embeddings["folder"], columns=["image_id", "split", "label", "recon_nll", "kl", "model_version"])
+    config = to_core(config, ReportConfig)
+    check_same_data(vae_model, mnist_tensors)
+    rows = pd.read_parquet(storage.resolve(latent_embeddings["folder"]), columns=["image_id", "split", "label", "recon_nll_at_mu", "kl", "model_version"])
     version = vae_model["model_version"]
     current = rows[rows["model_version"] == version]
     test = current[current["split"] == "test"]
-    stats = evaluation.per_class_error_stats(test["recon_nll"].to_numpy(), test["label"].to_numpy())
+    stats = reports.per_class_error_stats(test["recon_nll_at_mu"].to_numpy(), test["label"].to_numpy())
     folder = version_folder(storage, "reports", vae_model)
     errors_path = latents.write_parquet(
         pa.Table.from_pandas(current.reset_index(drop=True), preserve_index=False),
@@ -165,9 +174,9 @@ def reconstruction_report(
     )
 
     device = resolve_device("auto")
-    model = load_model(vae_model["checkpoint"], device)
-    images = data.load_tensor_store(mnist_tensors["path"])["test"].float_images()
-    worst, best = evaluation.extreme_indices(test["recon_nll"].to_numpy(), config.gallery_size)
+    model = load_trained_model(storage, vae_model, device)
+    images = load_model_store(storage, vae_model)["test"].float_images()
+    worst, best = reports.extreme_indices(test["recon_nll_at_mu"].to_numpy(), config.gallery_size)
     galleries = {}
     for name, idx in (("worst", worst), ("best", best)):
         pairs = reports.reconstruction_pairs(model, images[torch.as_tensor(idx)], device)
@@ -177,8 +186,8 @@ def reconstruction_report(
 
     earlier = sorted(v for v in rows["model_version"].unique() if v < version)
     metadata = {
-        "per_class_recon_nll": dg.MetadataValue.md(stats.round(3).to_markdown()),
-        "mean_test_recon_nll": float(test["recon_nll"].mean()),
+        "per_class_recon_nll_at_mu": dg.MetadataValue.md(stats.round(3).to_markdown()),
+        "mean_test_recon_nll_at_mu": float(test["recon_nll_at_mu"].mean()),
         "worst": png_markdown(galleries["worst"], "worst reconstructions"),
         "best": png_markdown(galleries["best"], "best reconstructions"),
         "errors_parquet": dg.MetadataValue.path(str(errors_path)),
@@ -187,19 +196,19 @@ def reconstruction_report(
     change = None
     if earlier:
         before = rows[(rows["model_version"] == earlier[-1]) & (rows["split"] == "test")]
-        previous = evaluation.per_class_error_stats(before["recon_nll"].to_numpy(), before["label"].to_numpy())
+        previous = reports.per_class_error_stats(before["recon_nll_at_mu"].to_numpy(), before["label"].to_numpy())
         change = reports.per_class_change(stats, previous)
         metadata["previous_version"] = int(earlier[-1])
         metadata["change_vs_previous"] = dg.MetadataValue.md(change.round(3).to_markdown())
-        metadata["mean_change_vs_previous"] = float(test["recon_nll"].mean() - before["recon_nll"].mean())
+        metadata["mean_change_vs_previous"] = float(test["recon_nll_at_mu"].mean() - before["recon_nll_at_mu"].mean())
     stats_path = folder / "per_class.csv"
     with atomic_path(stats_path) as tmp:
         stats.to_csv(tmp)
     log_artifacts(mlflow_tracking, vae_model["mlflow_run_id"], [stats_path, *galleries.values()], "reconstruction_report")
-    mlflow_tracking.activate().log_metric(vae_model["mlflow_run_id"], "test_recon_nll_at_mu", float(test["recon_nll"].mean()))
+    mlflow_tracking.activate().log_metric(vae_model["mlflow_run_id"], "test_recon_nll_at_mu", float(test["recon_nll_at_mu"].mean()))
     return dg.Output(
-        {"errors_parquet": str(errors_path), "per_class_csv": str(stats_path),
-         "galleries": {k: str(v) for k, v in galleries.items()}, "model_version": version,
+        {"errors_parquet": storage.relative(errors_path), "per_class_csv": storage.relative(stats_path),
+         "galleries": {k: storage.relative(v) for k, v in galleries.items()}, "model_version": version,
          "previous_version": int(earlier[-1]) if earlier else None},
         metadata=metadata,
     )

@@ -3,17 +3,29 @@
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import mlflow
+import numpy as np
 import torch
+from mlflow.tracking import MlflowClient
 
-from vae_pipeline.core import data
-from vae_pipeline.core.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
+from vae_pipeline.core.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from vae_pipeline.core.config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    to_dict,
+)
 from vae_pipeline.core.device import resolve_device
 from vae_pipeline.core.model import build_model
-from vae_pipeline.core.train import ProgressPrinter, fit
+from vae_pipeline.core.tensor_store import load_tensor_store
+from vae_pipeline.core.train import fit
+from vae_pipeline.defs.config_classes import dagster_config, to_core
+from vae_pipeline.defs.progress import DagsterProgressLogger
 from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
 from vae_pipeline.defs.tracking import (
     CHALLENGER,
@@ -22,57 +34,26 @@ from vae_pipeline.defs.tracking import (
     flat_params,
     log_dataset,
     log_encoder_model,
-    wait_until_ready,
+    logged_model_of_run,
+    register_version,
+    run_exists,
+    version_of_run,
 )
 
 GROUP = "training"
 # Bump when a change to the training code should retrain models whose config and data are unchanged.
 TRAINING_CODE_VERSION = "1"
-_M, _T = ModelConfig, TrainConfig  # the core dataclasses hold the one copy of every default
 
 
-class VaeTrainingConfig(dg.Config):
-    """What to train: architecture, objective, optimisation and device."""
-
-    architecture: str = _M.architecture  # "mlp" (784-400-20) or "conv"
-    hidden_dims: list[int] = list(_M.hidden_dims)
-    latent_dim: int = _M.latent_dim
-    likelihood: str = _M.likelihood  # "bernoulli" or "gaussian"
-    gaussian_sigma: float | None = _M.gaussian_sigma  # None learns the decoder's sigma
-    beta: float = _T.beta
-    kl_warmup_epochs: int = _T.kl_warmup_epochs
-    free_bits: float = _T.free_bits
-    mc_samples: int = _T.mc_samples
-    binarization: str = _T.binarization  # "dynamic", "static" or "none"
-    epochs: int = _T.epochs
-    batch_size: int = _T.batch_size
-    learning_rate: float = _T.learning_rate
-    seed: int = _T.seed
-    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
-    amp: bool = _T.amp  # mixed precision on CUDA
-
-    def to_model_config(self) -> ModelConfig:
-        return ModelConfig(
-            architecture=self.architecture,
-            hidden_dims=tuple(self.hidden_dims),
-            latent_dim=self.latent_dim,
-            likelihood=self.likelihood,
-            gaussian_sigma=self.gaussian_sigma,
-        )
-
-    def to_train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            beta=self.beta,
-            kl_warmup_epochs=self.kl_warmup_epochs,
-            free_bits=self.free_bits,
-            mc_samples=self.mc_samples,
-            binarization=self.binarization,
-            seed=self.seed,
-            amp=self.amp,
-        )
+VaeTrainingConfig = dagster_config(
+    "VaeTrainingConfig",
+    "What to train: architecture, likelihood, objective, optimisation and device (fields of ModelConfig and TrainConfig).",
+    ModelConfig,
+    TrainConfig,
+    module=__name__,
+    exclude=("variational", "image_shape"),  # the AE baseline sets variational; MNIST fixes the image shape
+    extra={"device": (str, "auto")},  # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
+)
 
 
 def _fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, data_version: str, device: torch.device) -> str:
@@ -94,6 +75,67 @@ def _validate_against_data(train_cfg: TrainConfig, n_train: int) -> None:
         )
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON record, or None when it is missing or unreadable (a crash mid-write cannot cause that: writes are atomic)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _checkpoint_problem(checkpoint: Path, recorded_sha256: str | None) -> str | None:
+    """Why a finished result's checkpoint cannot be reused, or None when it is the file that was recorded."""
+    if not checkpoint.is_file():
+        return f"its checkpoint {checkpoint} is missing"
+    if recorded_sha256 is None:
+        return f"its summary records no hash of {checkpoint} (written by an older version)"
+    if file_sha256(checkpoint) != recorded_sha256:
+        return f"its checkpoint {checkpoint} does not match the sha256 recorded when it was written (truncated or replaced)"
+    return None
+
+
+def _readable_checkpoint(checkpoint: Path) -> str | None:
+    """Why a partial checkpoint cannot be resumed from, or None when it loads."""
+    try:
+        load_checkpoint(checkpoint)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
+def _registered_version_ok(client: MlflowClient, summary: dict[str, Any]) -> bool:
+    """The summary's registered version exists on this server and belongs to the summary's run."""
+    version = version_of_run(client, summary["model_name"], summary["mlflow_run_id"])
+    return version is not None and version == summary["model_version"]
+
+
+def _log_run_contents(
+    *, model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device, store_path: Path, n_train: int,
+    n_val: int, dataset: str, data_version: str,
+) -> None:
+    """What every training run records: its params and its input dataset (the active run)."""
+    mlflow.log_params({**flat_params("model", to_dict(model_cfg)), **flat_params("train", to_dict(train_cfg))})
+    mlflow.log_params({"device": str(device), "n_train": n_train, "n_val": n_val})
+    log_dataset(store_path, dataset, data_version, "training")
+
+
+def _finish_run(
+    client: MlflowClient, run_id: str, checkpoint: Path, example: np.ndarray, register_as: str | None
+) -> int | None:
+    """Attach the checkpoint and the logged model to the run; register it once; returns the registered version."""
+    mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
+    if register_as is None:
+        return None
+    version = version_of_run(client, register_as, run_id)  # a crash after registering must not register twice
+    if version is None:
+        model_uri = logged_model_of_run(run_id) or log_encoder_model(checkpoint, example).model_uri
+        version = register_version(client, register_as, model_uri, run_id)
+    client.set_registered_model_alias(register_as, CHALLENGER, str(version))
+    return version
+
+
 def _train_tracked(
     context: dg.AssetExecutionContext,
     *,
@@ -108,8 +150,12 @@ def _train_tracked(
 ) -> dict[str, Any]:
     """Train (or resume, or reuse) one model inside one MLflow run; returns its manifest.
 
-    A finished result for the same fingerprint is reused without training. A checkpoint left by
-    an interrupted materialization is resumed, and its MLflow run continued.
+    A finished result for the same fingerprint is reused only after checking what it is made of:
+    the checkpoint must be the file whose sha256 was recorded, and its MLflow run (and registered
+    version) must exist on the current tracking server. A missing or damaged checkpoint means
+    retraining; a run missing from the server (a lost store, another MLFLOW_TRACKING_URI) means
+    logging the trained model there anew; a missing version means registering it, once. A
+    checkpoint left by an interrupted materialization is resumed and its MLflow run continued.
     """
     # Both checks come before anything is written: a bad batch size or tracking URI leaves no folder.
     _validate_against_data(train_cfg, mnist_tensors["counts"]["train"])
@@ -118,16 +164,8 @@ def _train_tracked(
     fingerprint = _fingerprint(model_cfg, train_cfg, data_version, device)
     folder = storage.folder("models", role, fingerprint)
     summary_path, run_path, checkpoint = folder / "summary.json", folder / "mlflow_run.json", folder / "checkpoint.pt"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        context.log.info(f"{role}: config, data and code unchanged since {summary['mlflow_run_id']}; not retraining")
-        return {**summary, "reused": True}
-
-    store = data.load_tensor_store(mnist_tensors["path"])
+    store_path = storage.resolve(mnist_tensors["path"])
     experiment_id = mlflow_tracking.experiment_id(client)
-    run_id = json.loads(run_path.read_text())["run_id"] if run_path.is_file() else None
-    if run_id is not None and checkpoint.is_file():
-        context.log.info(f"{role}: resuming from {checkpoint} (MLflow run {run_id})")
     tags = {
         "role": role,
         "dagster.run_id": context.run.run_id,
@@ -137,40 +175,86 @@ def _train_tracked(
         "fingerprint": fingerprint,
         "dataset": mnist_tensors["dataset"],
     }
+
+    def manifest(summary: dict[str, Any], reused: bool) -> dict[str, Any]:
+        return {**summary, "reused": reused, "mlflow_run_url": mlflow_tracking.run_url(experiment_id, summary["mlflow_run_id"])}
+
+    summary = _read_json(summary_path)
+    run_id: str | None = None
+    if summary is not None:
+        problem = _checkpoint_problem(checkpoint, summary.get("checkpoint_sha256"))
+        if problem is not None:
+            context.log.warning(f"{role} {fingerprint}: not reusing the finished model: {problem}; retraining from scratch")
+            summary_path.unlink()
+            checkpoint.unlink(missing_ok=True)
+            run_path.unlink(missing_ok=True)  # that run is finished (perhaps the champion's): never reopen it
+            summary = None
+        elif not run_exists(client, summary["mlflow_run_id"]):
+            context.log.warning(
+                f"{role} {fingerprint}: MLflow run {summary['mlflow_run_id']} is not on {mlflow_tracking.uri()} "
+                "(a lost store or another tracking server); logging the trained model there anew, without retraining"
+            )
+        elif register_as is not None and not _registered_version_ok(client, summary):
+            context.log.warning(
+                f"{role} {fingerprint}: {register_as} has no version of run {summary['mlflow_run_id']}; registering it"
+            )
+            run_id = summary["mlflow_run_id"]
+        else:
+            context.log.info(f"{role}: config, data and code unchanged since {summary['mlflow_run_id']}; not retraining")
+            return manifest(summary, reused=True)
+    else:
+        record = _read_json(run_path)
+        run_id = record["run_id"] if record else None
+        broken = _readable_checkpoint(checkpoint) if checkpoint.exists() else None
+        if broken is not None:
+            context.log.warning(f"{role} {fingerprint}: cannot resume: {broken} Starting afresh.")
+            checkpoint.unlink()
+            mlflow_tracking.end_if_running(client, run_id, "FAILED")
+            run_id = None
+        elif run_id is not None and not run_exists(client, run_id):
+            context.log.warning(f"{role} {fingerprint}: MLflow run {run_id} of the interrupted training is not on "
+                                f"{mlflow_tracking.uri()}; continuing in a new run")
+            run_id = None
+        elif run_id is not None and checkpoint.is_file():
+            context.log.info(f"{role}: resuming from {checkpoint} (MLflow run {run_id})")
+
+    store = load_tensor_store(store_path)
+    example = store["test"].float_images()[:4].reshape(4, -1).numpy()  # (4, 784)
     with mlflow.start_run(
         run_id=run_id,
         experiment_id=None if run_id else experiment_id,
         run_name=None if run_id else f"{role}-{fingerprint[:8]}",
         tags=tags,
-        log_system_metrics=True,
+        log_system_metrics=summary is None,
     ) as run:
         write_json_atomic(run_path, {"run_id": run.info.run_id})
         if run_id is None:
-            mlflow.log_params({**flat_params("model", to_dict(model_cfg)), **flat_params("train", to_dict(train_cfg))})
-            mlflow.log_params({"device": str(device), "n_train": len(store["train"]), "n_val": len(store["val"])})
-            log_dataset(mnist_tensors["path"], mnist_tensors["dataset"], data_version, "training")
-        model = build_model(model_cfg, seed=train_cfg.seed)
-        history = fit(
-            model,
-            store["train"].float_images(),
-            store["val"].float_images(),
-            train_cfg,
-            device,
-            callbacks=[MlflowEpochLogger(), ProgressPrinter()],
-            checkpoint_path=checkpoint,
-        )
-        final = {k: float(v) for k, v in history.last.items()}
-        mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
-        model_version = None
-        if register_as is not None:
-            example = store["test"].float_images()[:4].reshape(4, -1).numpy()  # (4, 784)
-            logged = log_encoder_model(checkpoint, example, register_as)
-            model_version = int(logged.registered_model_version)
-            wait_until_ready(client, register_as, str(model_version))
-            client.set_registered_model_alias(register_as, CHALLENGER, str(model_version))
+            _log_run_contents(model_cfg=model_cfg, train_cfg=train_cfg, device=device, store_path=store_path,
+                              n_train=len(store["train"]), n_val=len(store["val"]), dataset=mnist_tensors["dataset"],
+                              data_version=data_version)
+        if summary is None:
+            model = build_model(model_cfg, seed=train_cfg.seed)
+            history = fit(
+                model,
+                store["train"].float_images(),
+                store["val"].float_images(),
+                train_cfg,
+                device,
+                callbacks=[MlflowEpochLogger(), DagsterProgressLogger(context.log, role)],
+                checkpoint_path=checkpoint,
+            )
+            records, train_seconds = list(history), sum(r["seconds"] for r in history)
+        else:  # re-logging a finished model to this server: its history comes from the checkpoint
+            records, train_seconds = load_checkpoint(checkpoint)["history"], summary["train_seconds"]
+            if run_id is None:
+                for record in records:
+                    MlflowEpochLogger().on_epoch_end(int(record["epoch"]), record)
+        model_version = _finish_run(client, run.info.run_id, checkpoint, example, register_as)
     summary = {
         "role": role,
-        "checkpoint": str(checkpoint),
+        "checkpoint": storage.relative(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "store_path": storage.relative(store_path),
         "fingerprint": fingerprint,
         "model_config": to_dict(model_cfg),
         "train_config": to_dict(train_cfg),
@@ -179,14 +263,13 @@ def _train_tracked(
         "dataset": mnist_tensors["dataset"],
         "mlflow_run_id": run.info.run_id,
         "mlflow_experiment_id": experiment_id,
-        "mlflow_run_url": mlflow_tracking.run_url(experiment_id, run.info.run_id),
         "model_name": register_as,
         "model_version": model_version,
-        "final_metrics": final,
-        "train_seconds": sum(r["seconds"] for r in history),
+        "final_metrics": {k: float(v) for k, v in records[-1].items()},
+        "train_seconds": train_seconds,
     }
     write_json_atomic(summary_path, summary)  # written last: its presence means "finished"
-    return {**summary, "reused": False}
+    return manifest(summary, reused=False)
 
 
 def _metadata(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +277,7 @@ def _metadata(manifest: dict[str, Any]) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "mlflow_run_id": manifest["mlflow_run_id"],
         "mlflow_run": dg.MetadataValue.url(manifest["mlflow_run_url"]),
-        "checkpoint": dg.MetadataValue.path(manifest["checkpoint"]),
+        "checkpoint": manifest["checkpoint"],
         "fingerprint": manifest["fingerprint"],
         "device": manifest["device"],
         "reused": manifest["reused"],
@@ -219,7 +302,7 @@ def vae_model(
     mnist_tensors: dict,
 ) -> dg.Output:
     """The trained VAE: checkpoint, MLflow run, and a new registered model version (alias challenger)."""
-    model_cfg, train_cfg = config.to_model_config(), config.to_train_config()  # invalid config fails here, before any work
+    model_cfg, train_cfg = to_core(config, ModelConfig), to_core(config, TrainConfig)  # invalid config fails here, before any work
     device = resolve_device(config.device)
     manifest = _train_tracked(
         context,

@@ -1,0 +1,187 @@
+"""Promotion: the challenger measured beside the champion under one protocol, the gates, the champion alias."""
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from mlflow.tracking import MlflowClient
+
+from vae_pipeline.core.checkpoint import load_model
+from vae_pipeline.core.config import GateConfig
+from vae_pipeline.core.device import resolve_device
+from vae_pipeline.core.promotion import (
+    Comparison,
+    GateProtocol,
+    gate_figures,
+    incomparable_reason,
+    nll_gate,
+    probe_gate,
+    protocol_for,
+)
+from vae_pipeline.core.tensor_store import TensorStore
+from vae_pipeline.defs.config_classes import dagster_config, to_core
+from vae_pipeline.defs.lineage import (
+    check_same_data,
+    load_model_store,
+    load_trained_model,
+)
+from vae_pipeline.defs.resources import PipelineStorage
+from vae_pipeline.defs.tracking import (
+    CHAMPION,
+    MlflowTracking,
+    download_checkpoint,
+    version_by_alias,
+)
+
+GROUP = "promotion"
+PROTOCOL_TAG = "gate_protocol"  # the run tag holding the protocol its gate_* metrics were measured under
+MIN_ACTIVE_FRACTION = 0.1  # fewer active units than this share of the latent dims is posterior collapse
+
+ChampionComparisonConfig = dagster_config("ChampionComparisonConfig", GateConfig.__doc__, GateConfig, module=__name__)
+
+
+def _champion_side(
+    context: dg.AssetExecutionContext,
+    client: MlflowClient,
+    name: str,
+    protocol: GateProtocol,
+    store: TensorStore,
+    device: Any,
+) -> dict[str, Any]:
+    """The champion's figures under `protocol`: recorded when measured the same way, else measured again."""
+    champion = version_by_alias(client, name, CHAMPION)
+    if champion is None:
+        return {}
+    version, run = int(champion.version), client.get_run(champion.run_id)
+    recorded = run.data.tags.get(PROTOCOL_TAG)
+    if recorded is not None:
+        before = GateProtocol.from_json(recorded)
+    else:  # measured before protocols were recorded: what it was trained on still decides comparability
+        before = GateProtocol(dataset=run.data.tags.get("dataset", "?"), data_version=run.data.tags.get("data_version", "?"),
+                              split="?", likelihood=run.data.params.get("model.likelihood", "?"), scoring="?",
+                              iwae_k=0, iwae_examples=0, probe_rows=0, seed=0)
+    reason = incomparable_reason(before, protocol)
+    if reason is not None:
+        return {"champion_version": version, "incomparable": reason}
+    if before == protocol:
+        figures = {k: run.data.metrics[f"gate_{k}"] for k in ("iwae_nll", "iwae_nll_se", "probe_accuracy", "active_units")}
+        return {"champion_version": version, "champion": figures, "champion_source": "recorded"}
+    changed = "; ".join(before.differences(protocol))
+    context.log.info(f"champion v{version} was measured under another protocol ({changed}); measuring it again")
+    with tempfile.TemporaryDirectory() as folder:
+        model = load_model(download_checkpoint(client, champion.run_id, Path(folder)), device, variational=True)
+        figures = gate_figures(model, store, protocol, device)
+    return {"champion_version": version, "champion": figures, "champion_source": f"re-measured (was {changed})"}
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"})
+def champion_comparison(
+    context: dg.AssetExecutionContext,
+    config: ChampionComparisonConfig,
+    storage: PipelineStorage,
+    mlflow_tracking: MlflowTracking,
+    mnist_tensors: dict,
+    vae_model: dict,
+) -> dg.Output:
+    """The challenger's IWAE NLL, probe accuracy and active units on the validation split, beside the champion's."""
+    cfg = to_core(config, GateConfig)
+    check_same_data(vae_model, mnist_tensors)
+    device = resolve_device("auto")
+    store = load_model_store(storage, vae_model)
+    model = load_trained_model(storage, vae_model, device)
+    protocol = protocol_for(store, model.cfg.likelihood, cfg)
+    context.log.info(f"measuring v{vae_model['model_version']} on the {protocol.split} split: IWAE k={protocol.iwae_k} "
+                     f"on {protocol.iwae_examples} images, probe on {protocol.probe_rows} training rows")
+    figures = gate_figures(model, store, protocol, device)
+    client = mlflow_tracking.activate()
+    run_id = vae_model["mlflow_run_id"]
+    for key, value in figures.items():
+        client.log_metric(run_id, f"gate_{key}", value)
+    client.set_tag(run_id, PROTOCOL_TAG, protocol.to_json())
+    comparison = Comparison(protocol=protocol, challenger=figures,
+                            **_champion_side(context, client, vae_model["model_name"], protocol, store, device))
+    nll_ok, nll_text = nll_gate(comparison, cfg.nll_tolerance)
+    probe_ok, probe_text = probe_gate(comparison, cfg.probe_tolerance)
+    manifest = {
+        **comparison.to_dict(),
+        "model_name": vae_model["model_name"],
+        "model_version": vae_model["model_version"],
+        "latent_dim": model.cfg.latent_dim,
+        "gates": {"nll": [nll_ok, nll_text], "probe": [probe_ok, probe_text]},
+    }
+    champion = comparison.champion or {}
+    return dg.Output(
+        manifest,
+        metadata={
+            "model_version": vae_model["model_version"],
+            "champion_version": comparison.champion_version or 0,
+            "val_iwae_nll": round(figures["iwae_nll"], 3),
+            "val_iwae_nll_se": round(figures["iwae_nll_se"], 3),
+            "val_probe_accuracy": round(figures["probe_accuracy"], 4),
+            "champion_val_iwae_nll": round(champion.get("iwae_nll", math.nan), 3),
+            "champion_val_probe_accuracy": round(champion.get("probe_accuracy", math.nan), 4),
+            "champion_source": comparison.champion_source or "",
+            "incomparable": comparison.incomparable or "",
+            "protocol": dg.MetadataValue.json(manifest["protocol"]),
+            "nll_gate": nll_text,
+            "probe_gate": probe_text,
+        },
+    )
+
+
+def _check(passed: bool, description: str, comparison: dict) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=passed,
+        description=description,
+        metadata={"champion_version": comparison["champion_version"] or 0, "protocol": dg.MetadataValue.json(comparison["protocol"])},
+    )
+
+
+@dg.asset_check(asset=champion_comparison, blocking=True,
+                description="IWAE NLL on the validation split is not worse than the champion's (same protocol) by more than the tolerance.")
+def nll_not_worse_than_champion(champion_comparison: dict) -> dg.AssetCheckResult:
+    return _check(*champion_comparison["gates"]["nll"], champion_comparison)
+
+
+@dg.asset_check(asset=champion_comparison, blocking=True,
+                description="Linear-probe accuracy on the validation split is not worse than the champion's by more than the tolerance.")
+def probe_not_worse_than_champion(champion_comparison: dict) -> dg.AssetCheckResult:
+    return _check(*champion_comparison["gates"]["probe"], champion_comparison)
+
+
+@dg.asset_check(asset=champion_comparison, blocking=True,
+                description=f"At least {MIN_ACTIVE_FRACTION:.0%} of the latent dimensions are active on the validation split.")
+def no_posterior_collapse(champion_comparison: dict) -> dg.AssetCheckResult:
+    active = int(champion_comparison["challenger"]["active_units"])
+    latent_dim = champion_comparison["latent_dim"]
+    needed = max(1, math.ceil(MIN_ACTIVE_FRACTION * latent_dim))
+    return dg.AssetCheckResult(
+        passed=active >= needed,
+        description=f"{active} of {latent_dim} latent units active on the validation split (need {needed})",
+        metadata={"active_units": active, "needed": needed},
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"mlflow"})
+def champion_model(
+    context: dg.AssetExecutionContext, mlflow_tracking: MlflowTracking, vae_model: dict, champion_comparison: dict
+) -> dg.Output:
+    """The registered version serving as champion: moved only after the promotion gates passed."""
+    client = mlflow_tracking.activate()
+    name, version = vae_model["model_name"], vae_model["model_version"]
+    previous = version_by_alias(client, name, CHAMPION)
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    context.log.info(f"{name} v{version} is champion (was {previous.version if previous else 'none'})")
+    figures = champion_comparison["challenger"]
+    return dg.Output(
+        {"model_name": name, "model_version": version, "previous_version": int(previous.version) if previous else None,
+         "model_uri": f"models:/{name}@{CHAMPION}"},
+        metadata={"model_name": name, "model_version": version,
+                  "previous_champion": int(previous.version) if previous else 0,
+                  "val_iwae_nll": figures["iwae_nll"], "val_probe_accuracy": figures["probe_accuracy"]},
+    )
+
+
+GATES = [nll_not_worse_than_champion, probe_not_worse_than_champion, no_posterior_collapse]

@@ -1,0 +1,54 @@
+"""Exact data lineage: an asset reads the tensor store its model was trained on, and checks it.
+
+The tensor store is content-addressed (tensors/<dataset>/<content hash>.safetensors), so two
+ingests with different splits sit side by side. A model's manifest names the store it was
+trained on; every downstream asset loads that store through here, which fails with a clear
+message when the store is gone or holds other data than the model saw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vae_pipeline.core.checkpoint import load_model
+from vae_pipeline.core.model import VAE
+from vae_pipeline.core.tensor_store import TensorStore, load_tensor_store
+from vae_pipeline.defs.resources import PipelineStorage
+
+
+class LineageError(RuntimeError):
+    """An asset would read data its model was not trained on; the message names both versions and the fix."""
+
+
+def load_model_store(storage: PipelineStorage, model: dict[str, Any]) -> TensorStore:
+    """The tensor store a trained model's manifest names, verified to be the data the model saw."""
+    path = storage.resolve(model["store_path"])
+    if not path.is_file():
+        raise LineageError(
+            f"{model['role']} {model['fingerprint']} was trained on tensor store {path}, which is gone; "
+            "re-materialize mnist_tensors with the same config (identical content lands at the same path)."
+        )
+    store = load_tensor_store(path)
+    if store.content_sha256 != model["data_version"]:
+        raise LineageError(
+            f"tensor store {path} holds data version {store.content_sha256[:12]}, but {model['role']} "
+            f"{model['fingerprint']} was trained on {model['data_version'][:12]}; re-materialize the model."
+        )
+    return store
+
+
+def check_same_data(model: dict[str, Any], mnist_tensors: dict[str, Any]) -> None:
+    """Fail when the model handed downstream was trained on another data version than this run's store."""
+    if model["data_version"] != mnist_tensors["content_sha256"]:
+        raise LineageError(
+            f"{model['role']} {model['fingerprint']} was trained on data version {model['data_version'][:12]}, "
+            f"but this run's mnist_tensors is {mnist_tensors['content_sha256'][:12]}; materialize vae_model "
+            "together with its downstream assets so that they agree."
+        )
+
+
+def load_trained_model(storage: PipelineStorage, model: dict[str, Any], device: torch.device) -> VAE:
+    """The model a training manifest names, refused by name if its checkpoint is of the wrong kind."""
+    return load_model(storage.resolve(model["checkpoint"]), device, variational=model["role"] == "vae")

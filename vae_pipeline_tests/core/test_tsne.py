@@ -1,0 +1,62 @@
+"""t-SNE maps and trustworthiness on tiny synthetic data whose right answer is known in advance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vae_pipeline.core.probes import knn_accuracy
+from vae_pipeline.core.tsne import trustworthiness_score, tsne_embedding
+
+
+N_CLASSES = 4
+SIDE = 28
+
+
+def clusters(n_per_class: int, dim: int, seed: int, spread: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Well-separated Gaussian blobs, one per class, centred on scaled basis vectors."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(N_CLASSES), n_per_class)
+    centres = 5.0 * np.eye(N_CLASSES, dim)
+    return centres[y] + spread * rng.standard_normal((len(y), dim)), y
+
+
+class TestTrustworthiness:
+    def test_identity_embedding_is_fully_trustworthy(self):
+        x = np.random.default_rng(0).standard_normal((200, 2))
+        assert trustworthiness_score(x, x, n_neighbors=10) == pytest.approx(1.0)
+
+    def test_shuffled_embedding_is_much_less_trustworthy(self):
+        x = np.random.default_rng(0).standard_normal((200, 2))
+        shuffled = x[np.random.default_rng(1).permutation(len(x))]
+        assert trustworthiness_score(x, shuffled, n_neighbors=10) < 0.7
+
+    def test_subsampling_is_seeded_and_still_scores_identity_as_one(self):
+        x = np.random.default_rng(0).standard_normal((300, 2))
+        noisy = x + 0.3 * np.random.default_rng(1).standard_normal(x.shape)
+        a = trustworthiness_score(x, noisy, max_samples=100, seed=5)
+        assert a == trustworthiness_score(x, noisy, max_samples=100, seed=5)
+        assert trustworthiness_score(x, x, max_samples=100, seed=5) == pytest.approx(1.0)
+
+    def test_mismatched_rows_fail_loudly(self):
+        with pytest.raises(ValueError, match="same points"):
+            trustworthiness_score(np.zeros((30, 3)), np.zeros((29, 2)))
+
+
+class TestTsneEmbedding:
+    def test_shape_and_determinism_for_a_fixed_seed(self):
+        x, _ = clusters(30, dim=6, seed=0)
+        a = tsne_embedding(x, seed=7, perplexity=10, n_jobs=1, n_iter=50, early_exaggeration_iter=50)
+        b = tsne_embedding(torch.from_numpy(x), seed=7, perplexity=10, n_jobs=1, n_iter=50, early_exaggeration_iter=50)
+        assert a.shape == (120, 2)
+        np.testing.assert_allclose(a, b)
+
+    def test_clusters_stay_together_in_the_map(self):
+        x, y = clusters(30, dim=6, seed=0)
+        emb = tsne_embedding(x, seed=0, perplexity=10, n_jobs=1, n_iter=100, early_exaggeration_iter=50)
+        assert knn_accuracy(emb, y, emb, y, k=3).accuracy == 1.0
+
+    def test_too_few_points_for_the_perplexity_fail_loudly(self):
+        with pytest.raises(ValueError, match="lower the perplexity"):
+            tsne_embedding(np.zeros((50, 3)), seed=0, perplexity=30)
