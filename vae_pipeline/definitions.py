@@ -3,7 +3,14 @@
 import dagster as dg
 import torch
 
-from vae_pipeline.defs.assets import evaluation, ingest, outputs, promotion, training
+from vae_pipeline.defs.assets import (
+    evaluation,
+    ingest,
+    judge,
+    outputs,
+    promotion,
+    training,
+)
 from vae_pipeline.defs.checks import DATA_CHECKS
 from vae_pipeline.defs.jobs import nightly_retrain, vae_pipeline_job
 from vae_pipeline.defs.resources import default_resources
@@ -17,7 +24,7 @@ from vae_pipeline.defs.validation import checked_executor
 torch.set_flush_denormal(True)
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingest, training, outputs, evaluation, promotion]),
+    assets=dg.load_assets_from_modules([ingest, training, judge, outputs, evaluation, promotion]),
     asset_checks=[*DATA_CHECKS, *promotion.GATES],
     jobs=[vae_pipeline_job],
     schedules=[nightly_retrain],

@@ -163,8 +163,15 @@ class EvaluationConfig:
     iwae_examples: int = 2000  # images for the IWAE NLL (10,000 for a full test set)
     smoothness_pairs: int = 100  # latent interpolations between digits of different classes
     smoothness_steps: int = 10  # frames per interpolation
+    regularity_samples: int = 2000  # decoded prior / fitted-Gaussian draws judged per model (FD needs >> 128 features)
+    regularity_pairs: int = 1000  # midpoints between different-class test codes judged per model
 
     def __post_init__(self) -> None:
+        _require(
+            self.regularity_samples >= 200 and self.regularity_pairs >= 200,
+            f"regularity_samples={self.regularity_samples} and regularity_pairs={self.regularity_pairs} must be at least "
+            "200: a Fréchet distance over the judge's 128 features needs more samples than features.",
+        )
         _require(self.tsne_points >= 50, f"tsne_points={self.tsne_points} must be at least 50 for t-SNE to mean anything.")
         _require(self.trustworthiness_neighbors >= 1, f"trustworthiness_neighbors={self.trustworthiness_neighbors} must be at least 1.")
         _require(

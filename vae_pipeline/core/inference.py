@@ -190,14 +190,14 @@ def mean_kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
 
 
 __all__ = [
-    "recon_nll_at",
     "ReconstructionErrors",
     "active_units",
-    "decoded_mean",
     "decode_latents",
+    "decoded_mean",
     "encode_mean",
     "iwae_nll",
     "mean_kl_per_dimension",
+    "recon_nll_at",
     "reconstruction_errors",
     "sample_prior",
 ]

@@ -27,8 +27,10 @@ from vae_pipeline.core.config import (
     TrainConfig,
 )
 from vae_pipeline.core.device import resolve_device
+from vae_pipeline.core.judge import JudgeConfig
 from vae_pipeline.defs.assets.evaluation import LatentEvaluationConfig
 from vae_pipeline.defs.assets.ingest import MnistRawConfig, MnistTensorsConfig
+from vae_pipeline.defs.assets.judge import DigitClassifierConfig
 from vae_pipeline.defs.assets.outputs import (
     LatentEmbeddingsConfig,
     PriorSamplesConfig,
@@ -52,6 +54,7 @@ CONFIG_CHECKS: dict[str, tuple[type[dg.Config], Callable[[Any], object]]] = {
     "reconstruction_report": (ReconstructionReportConfig, lambda c: to_core(c, ReportConfig)),
     "latent_evaluation": (LatentEvaluationConfig, lambda c: to_core(c, EvaluationConfig)),
     "champion_comparison": (ChampionComparisonConfig, lambda c: to_core(c, GateConfig)),
+    "digit_classifier": (DigitClassifierConfig, lambda c: (to_core(c, JudgeConfig), resolve_device(c.device))),
 }
 
 

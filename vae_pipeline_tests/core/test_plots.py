@@ -9,7 +9,6 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
-
 from scipy.stats import norm
 
 from vae_pipeline.core.plots import (

@@ -8,7 +8,6 @@ import torch
 
 from vae_pipeline.core.probes import knn_accuracy, linear_probe, pca_baseline, pca_features
 
-
 N_CLASSES = 4
 SIDE = 28
 

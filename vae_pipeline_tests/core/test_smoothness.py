@@ -16,7 +16,6 @@ from vae_pipeline.core.smoothness import (
     smoothness_verdict,
 )
 
-
 SIDE = 28
 
 

@@ -9,7 +9,6 @@ import torch
 from vae_pipeline.core.probes import knn_accuracy
 from vae_pipeline.core.tsne import trustworthiness_score, tsne_embedding
 
-
 N_CLASSES = 4
 SIDE = 28
 

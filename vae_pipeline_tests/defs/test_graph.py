@@ -14,7 +14,11 @@ from vae_pipeline.definitions import defs
 from vae_pipeline.defs.resources import default_resources
 
 TINY_TRAINING = {"hidden_dims": [64], "latent_dim": 4, "epochs": 2, "batch_size": 100, "device": "cpu"}
-TINY_EVALUATION = {"tsne_points": 200, "probe_max_train": 600, "iwae_k": 20, "iwae_examples": 50, "smoothness_pairs": 10}
+TINY_EVALUATION = {"tsne_points": 200, "probe_max_train": 600, "iwae_k": 20, "iwae_examples": 50, "smoothness_pairs": 10,
+                   "regularity_samples": 200, "regularity_pairs": 200}
+TINY_GATES = {"iwae_k": 20, "iwae_examples": 100, "probe_max_train": 600}
+# 1,000 training images do not make a 99% judge; the slice's judge is held to a lower floor.
+TINY_JUDGE = {"epochs": 2, "min_test_accuracy": 0.7}
 
 
 def run_config(source_dir: Path, seed: int = 0, **training: object) -> dg.RunConfig:
@@ -24,6 +28,8 @@ def run_config(source_dir: Path, seed: int = 0, **training: object) -> dg.RunCon
             "mnist_tensors": {"config": {"val_size": 200}},
             "vae_model": {"config": {**TINY_TRAINING, "seed": seed, **training}},
             "latent_evaluation": {"config": TINY_EVALUATION},
+            "champion_comparison": {"config": TINY_GATES},
+            "digit_classifier": {"config": TINY_JUDGE},
         }
     )
 
@@ -54,7 +60,8 @@ class TestWholeGraph:
         assert first.success  # the first model has no champion to beat
         expected = {
             "mnist_raw", "mnist_tensors", "vae_model", "autoencoder_baseline", "latent_embeddings",
-            "prior_samples", "reconstruction_report", "latent_evaluation", "champion_model",
+            "prior_samples", "reconstruction_report", "latent_evaluation", "champion_comparison", "champion_model",
+            "digit_classifier",
         }
         materialized = {e.asset_key.to_user_string() for e in first.get_asset_materialization_events()}
         assert materialized == expected
@@ -74,20 +81,22 @@ class TestWholeGraph:
         assert one["image_id"].is_unique and len(one["mu"].iloc[0]) == 4
 
     def test_registered_versions_and_aliases(self, two_versions) -> None:
-        data_dir, _, second = two_versions
+        data_dir, first, second = two_versions
         client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
         versions = sorted(int(v.version) for v in client.search_model_versions("name='vae-mnist'"))
         assert versions == [1, 2]
         assert int(client.get_model_version_by_alias("vae-mnist", "challenger").version) == 2
-        outcomes = {e.check_name: e.passed for e in second.get_asset_check_evaluations()}
-        champion = int(client.get_model_version_by_alias("vae-mnist", "champion").version)
-        gates = ("nll_not_worse_than_champion", "probe_not_worse_than_champion", "no_posterior_collapse")
-        gates_passed = all(outcomes[g] for g in gates)
-        assert second.success == gates_passed  # a failed blocking gate fails the run...
-        assert champion == (2 if gates_passed else 1)  # ...and the champion stays where it was
+        # The first version had no champion to beat; which of two seeds wins is not this test's
+        # business (test_promotion.py forces each gate outcome), only that the second was compared
+        # with the first on the validation split under one protocol.
+        assert first.asset_materializations_for_node("champion_model")[0].metadata["model_version"].value == 1
+        descriptions = {e.check_name: e.description for e in second.get_asset_check_evaluations()}
+        assert "champion v1's" in descriptions["nll_not_worse_than_champion"]
+        assert "val split" in descriptions["nll_not_worse_than_champion"]
         run = client.get_run(client.get_model_version("vae-mnist", "1").run_id)
         assert run.data.tags["dagster.asset_key"] == "vae_model"
-        assert "eval_iwae_nll" in run.data.metrics and "val_neg_elbo" in run.data.metrics
+        assert {"eval_iwae_nll", "val_neg_elbo", "gate_iwae_nll", "eval_prior_fd", "eval_ae_prior_fd",
+                "eval_ae_fitted_prior_fd", "eval_midpoint_fd", "eval_ae_midpoint_fd", "eval_judge_test_accuracy"} <= set(run.data.metrics)
         assert run.data.params["model.latent_dim"] == "4"
 
     def test_unchanged_rematerialization_does_not_retrain(self, two_versions, mnist_slice_dir: Path) -> None:

@@ -14,12 +14,12 @@ from mlflow.tracking import MlflowClient
 
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.resources import default_resources
-from vae_pipeline_tests.defs.test_graph import TINY_TRAINING
+from vae_pipeline_tests.defs.test_graph import TINY_GATES, TINY_TRAINING
 
 pytestmark = pytest.mark.slow
 
 SELECTION = ["mnist_raw", "mnist_tensors", "vae_model", "champion_comparison", "champion_model"]
-GATE_CONFIG = {"iwae_k": 20, "iwae_examples": 100, "probe_max_train": 600}
+GATE_CONFIG = TINY_GATES
 UNTRAINED = {"learning_rate": 1e-7}  # one epoch at this rate leaves the initial weights: clearly worse
 
 

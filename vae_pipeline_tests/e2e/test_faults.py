@@ -146,6 +146,29 @@ class TestCrashDuringParquetWrite:
         assert sorted(int(v.version) for v in client.search_model_versions("name='vae-mnist'")) == [1, 2]
 
 
+class TestCrashBetweenRegisteringAndFinishing:
+    def test_the_version_is_registered_once(self, tmp_path: Path, mnist_slice_dir: Path) -> None:
+        """Killed after the version was registered, before summary.json: the re-run registers nothing new."""
+        data_dir = tmp_path / "data"
+        argv = driver(data_dir, mnist_slice_dir, "--select", KILL_SELECTION, "--crash-before-replace", "summary.json")
+        code, out = run_driver(argv, "register-crash")
+        assert code == -signal.SIGKILL and out is None
+        client = mlflow_client(f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
+        registered = [(int(v.version), v.run_id) for v in client.search_model_versions("name='vae-mnist'")]
+        assert len(registered) == 1  # the crash came after registering
+        (folder,) = (data_dir / "models" / "vae").iterdir()
+        assert not (folder / "summary.json").exists()
+
+        code, out = run_driver(driver(data_dir, mnist_slice_dir, "--select", KILL_SELECTION), "register-again")
+        assert code == 0 and out["success"], out
+        assert [(int(v.version), v.run_id) for v in client.search_model_versions("name='vae-mnist'")] == registered
+        summary = json.loads((folder / "summary.json").read_text())
+        assert (summary["model_version"], summary["mlflow_run_id"]) == registered[0]
+        assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
+        experiment = client.get_experiment_by_name("vae-pipeline").experiment_id
+        assert len(client.search_logged_models(experiment_ids=[experiment])) == 1  # the model was logged once too
+
+
 def _manifest(data_dir: Path, asset: str, run_id: str) -> dict[str, Any]:
     return json.loads((data_dir / "manifests" / asset / f"{run_id}.json").read_text())
 
