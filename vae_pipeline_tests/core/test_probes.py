@@ -6,18 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from vae_pipeline.core.probes import knn_accuracy, linear_probe, pca_baseline, pca_features
+from vae_pipeline.core.probes import (
+    knn_accuracy,
+    linear_probe,
+    pca_baseline,
+    pca_features,
+)
+from vae_pipeline_tests.synthetic import N_CLASSES, clusters
 
-N_CLASSES = 4
 SIDE = 28
-
-
-def clusters(n_per_class: int, dim: int, seed: int, spread: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    """Well-separated Gaussian blobs, one per class, centred on scaled basis vectors."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(N_CLASSES), n_per_class)
-    centres = 5.0 * np.eye(N_CLASSES, dim)
-    return centres[y] + spread * rng.standard_normal((len(y), dim)), y
 
 
 class TestLinearProbe:

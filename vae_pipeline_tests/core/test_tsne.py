@@ -8,17 +8,9 @@ import torch
 
 from vae_pipeline.core.probes import knn_accuracy
 from vae_pipeline.core.tsne import trustworthiness_score, tsne_embedding
+from vae_pipeline_tests.synthetic import clusters
 
-N_CLASSES = 4
 SIDE = 28
-
-
-def clusters(n_per_class: int, dim: int, seed: int, spread: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    """Well-separated Gaussian blobs, one per class, centred on scaled basis vectors."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(N_CLASSES), n_per_class)
-    centres = 5.0 * np.eye(N_CLASSES, dim)
-    return centres[y] + spread * rng.standard_normal((len(y), dim)), y
 
 
 class TestTrustworthiness:
