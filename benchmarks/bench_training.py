@@ -2,19 +2,23 @@
 
 Part 1 times, in one process on the same 60,000 MNIST training images, one epoch (training plus
 a pass over the 10,000 test images) of
-  (a) `vae_pipeline.core.train.fit`: the dataset is one tensor, batches are index slices;
+  (a) `vae_pipeline.core.train.fit`: the dataset is one uint8 tensor, batches are index slices;
   (b) the conventional loop of pytorch/examples `vae/main.py`: torchvision's MNIST dataset with
       transforms.ToTensor() and a shuffling DataLoader (num_workers=0, as the example uses on
       CPU), the default Adam and a `loss.item()` per batch.
 Both train the same 784-400-20 model from the same initial weights with the same loss
-(`elbo_terms`, Bernoulli BCE on grey-value targets, batch 128). Each loop runs two epochs; the
-second (steady-state) epoch is reported, so one-time start-up costs do not count.
+(`elbo_terms`, Bernoulli BCE on grey-value targets, batch 128), so the ratio measures the loop,
+the data path and the optimizer, not the model. Each loop first runs one warm-up epoch; then
+each repetition runs one epoch of each, back to back, in alternating order, so load from other
+processes (this machine is shared) hits both alike. A repetition's ratio is DataLoader seconds
+over fit seconds, and the reported speedup is the median of those ratios.
 
 Part 2 trains the default configuration on the 50,000-image training split and reports the
 negative ELBO and the IWAE NLL (Burda et al. 2015) on the test set binarized once with a seed.
 
-Run: python benchmarks/bench_training.py [--epochs 10] [--iwae-k 5000] [--iwae-subset N]
-The last line is `speedup_vs_dataloader=<ratio>`.
+Run: python benchmarks/bench_training.py [--rounds 5] [--threads N] [--skip-quality] [--epochs 10]
+     [--iwae-k 5000] [--iwae-subset N] [--device cpu|cuda]
+The last line is `speedup_vs_dataloader=<median ratio>`.
 """
 
 from __future__ import annotations
@@ -42,9 +46,9 @@ from vae_pipeline.core.tensor_store import build_store_arrays
 from vae_pipeline.core.train import fit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Each loop runs one warm-up epoch (allocation, kernel selection) and then this many measured ones,
-# the two loops alternating epoch by epoch so that load from other processes hits both alike.
-DEFAULT_ROUNDS = 3
+# Measured repetitions, each one epoch of each loop. Other processes' load comes and goes within
+# minutes here, so single epochs vary by 2x and more; the median of five paired ratios is steady.
+DEFAULT_ROUNDS = 5
 
 
 def mnist_dir() -> Path:
@@ -85,29 +89,46 @@ def epoch_flops(model: VAE, n_train: int, n_eval: int, batch: int, eval_batch: i
     return int(train), int(evaluation)
 
 
-def fastest_thread_count(model_cfg: ModelConfig, device: torch.device, candidates: list[int]) -> int:
-    """The intra-op thread count that runs a training step fastest right now.
+def fastest_thread_count(
+    model_cfg: ModelConfig, device: torch.device, candidates: list[int], trials: int = 3
+) -> tuple[int, dict[int, float]]:
+    """The intra-op thread count that runs a training step fastest right now, and each count's median s/step.
 
     On a 2-core machine shared with other processes, OpenMP threads that wait at barriers for a
-    descheduled sibling can make 2 threads many times slower than 1, so this is measured, not assumed.
-    Both loops then run with the same count.
+    descheduled sibling can make 2 threads many times slower than 1 (a fused Adam step measured
+    1.2 ms on 1 thread and 11-85 ms on 2 under a load of 4), so this is measured, not assumed,
+    before every repetition; both loops of that repetition then run with the same count. A larger
+    count must be at least 10% faster to be chosen: its cost swings with the load, and a count that
+    wins a one-second trial by a hair can lose a whole epoch several times over.
     """
-    timings = {}
     x = torch.rand(128, 1, 28, 28, device=device)
-    for threads in candidates:
-        torch.set_num_threads(threads)
-        model = build_model(model_cfg).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        gen = torch.Generator(device=device).manual_seed(0)
-        for i in range(40):
-            if i == 10:  # the first steps pay for allocation and kernel selection
-                t0 = time.perf_counter()
+    model = build_model(model_cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def steps(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
             optimizer.zero_grad()
             elbo_terms(model, x, generator=gen).loss.backward()
             optimizer.step()
-        timings[threads] = (time.perf_counter() - t0) / 30
-    print("ms per training step by thread count: " + ", ".join(f"{t}: {s * 1e3:.1f}" for t, s in timings.items()))
-    return min(timings, key=timings.__getitem__)
+        return (time.perf_counter() - t0) / n
+
+    timings: dict[int, list[float]] = {t: [] for t in candidates}
+    for threads in candidates:  # the first steps at a count pay for thread start-up and allocation
+        torch.set_num_threads(threads)
+        steps(3)
+    for _ in range(trials):
+        for threads in candidates:
+            torch.set_num_threads(threads)
+            timings[threads].append(steps(8))
+    medians = {t: statistics.median(v) for t, v in timings.items()}
+    best = candidates[0]
+    for threads in candidates[1:]:
+        if medians[threads] < 0.9 * medians[best]:
+            best = threads
+    torch.set_num_threads(best)
+    return best, medians
 
 
 def torchvision_root(raw_dir: Path, tmp: Path) -> Path:
@@ -167,10 +188,8 @@ def fit_one_more_epoch(model: VAE, train: torch.Tensor, test: torch.Tensor, cfg:
     return fit(model, train, test, replace(cfg, epochs=epoch), device, checkpoint_path=checkpoint).last
 
 
-def summary(records: list[dict[str, float]], key: str) -> tuple[float, float]:
-    """(best, median) of one timing over the measured rounds."""
-    values = sorted(r[key] for r in records)
-    return values[0], statistics.median(values)
+def median_of(records: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in records)
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -180,7 +199,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--iwae-subset", type=int, default=None, help="first N test images for the IWAE NLL (default all)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the fastest, measured)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="measured epochs per loop")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="measured repetitions (one epoch of each loop)")
     parser.add_argument("--skip-quality", action="store_true", help="only run the speed comparison")
     args = parser.parse_args(argv)
     # Flush denormal floats to zero, for both loops alike. After a few epochs the logits of MNIST's
@@ -192,40 +211,70 @@ def main(argv: list[str] | None = None) -> float:
     device = torch.device(args.device)
     model_cfg = ModelConfig()  # 784-400-20, Bernoulli
     cores = len(os.sched_getaffinity(0))
-    threads = args.threads or fastest_thread_count(model_cfg, device, sorted({1, cores}))
-    torch.set_num_threads(threads)
+    candidates = [args.threads] if args.threads else sorted({1, cores})
+
+    def choose_threads() -> str:
+        """Set the thread count for the next repetition; returns how it was chosen, for the log."""
+        if len(candidates) == 1:
+            torch.set_num_threads(candidates[0])
+            return f"{candidates[0]} threads (--threads)"
+        best, medians = fastest_thread_count(model_cfg, device, candidates)
+        trial = ", ".join(f"{t}: {s * 1e3:.1f}" for t, s in medians.items())
+        return f"{best} threads; ms/step by count {trial}"
+
     raw = read_raw_dataset(mnist_dir(), "mnist")
     train_all = torch.from_numpy(raw.train_images.copy()).unsqueeze(1)  # (60000, 1, 28, 28) uint8
     test = torch.from_numpy(raw.test_images.copy()).unsqueeze(1)  # (10000, 1, 28, 28) uint8
-    print(f"torch {torch.__version__}, device {device}, {threads} threads of {cores} cores, MNIST from {raw.directory}")
+    print(f"torch {torch.__version__}, device {device}, intra-op threads chosen from {candidates} per repetition "
+          f"({cores} cores), MNIST from {raw.directory}")
 
     # --- part 1: speed -----------------------------------------------------------------------
     speed_cfg = TrainConfig(epochs=1, batch_size=128, binarization="none", seed=0)  # grey targets, as the example
     train_flops, eval_flops = epoch_flops(build_model(model_cfg), 60_000, 10_000, 128, 1000, device)
     ours_model = build_model(model_cfg, seed=0)
-    ours, base = [], []
+    ours: list[dict[str, float]] = []
+    base: list[dict[str, float]] = []
+    ratios: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         loop = DataLoaderLoop(build_model(model_cfg, seed=0).to(device), torchvision_root(raw.directory, Path(tmp)), device, 0)
-        for epoch in range(1, args.rounds + 2):
-            ours.append(fit_one_more_epoch(ours_model, train_all, test, speed_cfg, epoch, device, Path(tmp) / "ckpt.pt"))
-            base.append(loop.epoch())
-            print(f"round {epoch - 1}{' (warm-up)' if epoch == 1 else ''}: fit {ours[-1]['seconds']:.2f} s, "
-                  f"DataLoader {base[-1]['seconds']:.2f} s", flush=True)
-    ours, base = ours[1:], base[1:]
+        checkpoint = Path(tmp) / "ckpt.pt"
+        ours_epochs = 0
 
-    (ours_best, ours_median), (base_best, base_median) = summary(ours, "seconds"), summary(base, "seconds")
-    ratio = base_best / ours_best
-    print(f"\n== one epoch: 60,000 training + 10,000 evaluation images, batch 128, best (median) of {args.rounds} ==")
-    for name, best, median, records in (("fit (tensor on device)", ours_best, ours_median, ours),
-                                        ("DataLoader + ToTensor", base_best, base_median, base)):
-        train_best = summary(records, "train_seconds")[0]
+        def ours_epoch() -> dict[str, float]:
+            nonlocal ours_epochs
+            ours_epochs += 1
+            return fit_one_more_epoch(ours_model, train_all, test, speed_cfg, ours_epochs, device, checkpoint)
+
+        chosen = choose_threads()
+        warm_ours, warm_base = ours_epoch(), loop.epoch()  # allocation, kernel selection, file caches
+        print(f"warm-up ({chosen}): fit {warm_ours['seconds']:.2f} s, DataLoader {warm_base['seconds']:.2f} s", flush=True)
+        for rep in range(args.rounds):
+            chosen = choose_threads()
+            if rep % 2 == 0:  # alternate which loop goes first, so a trend in the load favours neither
+                o = ours_epoch()
+                b = loop.epoch()
+            else:
+                b = loop.epoch()
+                o = ours_epoch()
+            ours.append(o)
+            base.append(b)
+            ratios.append(b["seconds"] / o["seconds"])
+            print(f"repetition {rep + 1}/{args.rounds} ({chosen}): fit {o['seconds']:.2f} s/epoch, "
+                  f"DataLoader {b['seconds']:.2f} s/epoch, ratio {ratios[-1]:.2f}", flush=True)
+
+    ratio = statistics.median(ratios)
+    ours_s, base_s = median_of(ours, "seconds"), median_of(base, "seconds")
+    ours_train, base_train = median_of(ours, "train_seconds"), median_of(base, "train_seconds")
+    print(f"\n== one epoch: 60,000 training + 10,000 evaluation images, batch 128, medians of {args.rounds} repetitions ==")
+    for name, seconds, train_s in (("fit (tensor on device)", ours_s, ours_train), ("DataLoader + ToTensor", base_s, base_train)):
         print(
-            f"{name:24s} {best:6.2f} s/epoch ({median:.2f})  training phase {train_best:.2f} s  "
-            f"{(train_flops + eval_flops) / best / 1e9:6.1f} GFLOP/s overall, {train_flops / train_best / 1e9:6.1f} in training"
+            f"{name:24s} {seconds:6.2f} s/epoch  training phase {train_s:.2f} s  "
+            f"{(train_flops + eval_flops) / seconds / 1e9:6.1f} GFLOP/s overall, {train_flops / train_s / 1e9:6.1f} in training"
         )
     print(f"matmul FLOPs per epoch: training {train_flops / 1e9:.1f} GFLOP (forward + backward), evaluation {eval_flops / 1e9:.1f}")
-    print(f"speedup: {ratio:.2f}x best-of-{args.rounds}, {base_median / ours_median:.2f}x median; training phase only "
-          f"{summary(base, 'train_seconds')[0] / summary(ours, 'train_seconds')[0]:.2f}x")
+    train_ratios = [b["train_seconds"] / o["train_seconds"] for o, b in zip(ours, base)]
+    print(f"speedup: median {ratio:.2f}x (repetitions {min(ratios):.2f}x to {max(ratios):.2f}x); "
+          f"training phase only {statistics.median(train_ratios):.2f}x")
     print(f"memory: {memory_report(device)} (process peak, both loops and the data)")
 
     # --- part 2: quality of the default config -------------------------------------------------
@@ -234,7 +283,7 @@ def main(argv: list[str] | None = None) -> float:
         train_x = torch.from_numpy(store["train/images"]).unsqueeze(1)  # (50000, 1, 28, 28) uint8
         val_x = torch.from_numpy(store["val/images"]).unsqueeze(1)  # (10000, 1, 28, 28) uint8
         cfg = TrainConfig(epochs=args.epochs)
-        print(f"\n== default config, {args.epochs} epochs on 50,000 training images ==")
+        print(f"\n== default config, {args.epochs} epochs on 50,000 training images ({choose_threads()}) ==")
         t0 = time.perf_counter()
         model = build_model(model_cfg, seed=cfg.seed)
         history = fit(model, train_x, val_x, cfg, device)

@@ -57,6 +57,24 @@ class TestReconstructionNll:
         assert out.shape == (5, 2)
         torch.testing.assert_close(out[3], losses.recon_nll(logits[3], x, "bernoulli"))
 
+    def test_bernoulli_with_grey_targets_is_the_cross_entropy(self) -> None:
+        # Grey targets (binarization "none") score the cross-entropy -[x log p + (1 - x) log(1 - p)].
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(4, 1, 28, 28, generator=g, dtype=torch.float64)
+        logits = 4 * torch.randn(4, 1, 28, 28, generator=g, dtype=torch.float64)
+        p = torch.sigmoid(logits)
+        expected = -(x * p.log() + (1 - x) * (1 - p).log()).sum(dim=(1, 2, 3))
+        torch.testing.assert_close(losses.recon_nll(logits.float(), x.float(), "bernoulli").double(), expected, rtol=1e-6, atol=1e-3)
+
+    def test_bernoulli_extreme_logits_stay_finite_and_exact(self) -> None:
+        # |logit| far beyond where exp overflows float32 (88): the terms are 0 or |logit| per pixel.
+        logits = torch.tensor([1e4, -1e4, 100.0, -100.0]).view(1, 1, 2, 2).repeat(2, 1, 1, 1).requires_grad_()
+        x = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]]).view(2, 1, 2, 2)
+        out = losses.recon_nll(logits, x, "bernoulli")
+        torch.testing.assert_close(out, torch.tensor([100.0 + 100.0, 1e4 + 1e4]))
+        out.sum().backward()
+        torch.testing.assert_close(logits.grad, torch.sigmoid(logits.detach()) - x)
+
     def test_gaussian_without_sigma_fails_with_the_fix(self) -> None:
         with pytest.raises(ValueError, match="log_sigma"):
             losses.recon_nll(torch.zeros(1, 1, 28, 28), torch.zeros(1, 1, 28, 28), "gaussian")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from vae_pipeline.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 from vae_pipeline.core.config import ConfigError, ModelConfig, TrainConfig
 from vae_pipeline.core.idx import read_raw_dataset
 from vae_pipeline.core.model import build_model
-from vae_pipeline.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 from vae_pipeline.core.train import (
     TIMING_KEYS,
     Callback,
@@ -84,10 +84,13 @@ class TestHistory:
             assert r["train_neg_elbo"] == pytest.approx(r["train_recon_nll"] + r["train_kl"], rel=1e-5)
             assert r["val_neg_elbo"] == pytest.approx(r["val_recon_nll"] + r["val_kl"], rel=1e-5)
 
-    def test_uint8_and_float_inputs_train_alike(self) -> None:
+    @pytest.mark.parametrize("binarization", ["dynamic", "static", "none"])
+    def test_uint8_and_float_inputs_train_alike(self, binarization: str) -> None:
+        # uint8 training images stay uint8 and each batch is scaled on its own: bit for bit the same run.
         x = (_images(64) * 255).round().to(torch.uint8)
-        a = fit(build_model(MODEL), x, x[:32], _cfg(epochs=1), "cpu")
-        b = fit(build_model(MODEL), x.float() / 255, x[:32].float() / 255, _cfg(epochs=1), "cpu")
+        cfg = _cfg(epochs=2, binarization=binarization)
+        a = fit(build_model(MODEL), x, x[:32], cfg, "cpu")
+        b = fit(build_model(MODEL), x.float() / 255, x[:32].float() / 255, cfg, "cpu")
         assert _without_timing(a) == _without_timing(b)
 
 

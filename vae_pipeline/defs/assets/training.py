@@ -236,7 +236,7 @@ def _train_tracked(
             model = build_model(model_cfg, seed=train_cfg.seed)
             history = fit(
                 model,
-                store["train"].float_images(),
+                store["train"].images.unsqueeze(1),  # (n, 1, 28, 28) uint8: fit scales each batch as it is drawn
                 store["val"].float_images(),
                 train_cfg,
                 device,
