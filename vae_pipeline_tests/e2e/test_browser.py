@@ -34,7 +34,7 @@ def page(first_run: str) -> Iterator:  # noqa: ANN001 - playwright's Page
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=60_000)
         try:
             # Large enough that the graph draws full nodes (zoomed out, it elides long names).
-            page = browser.new_page(viewport={"width": 2400, "height": 1500})
+            page = browser.new_page(viewport={"width": 2400, "height": 3600})  # the whole graph (5 groups) on screen
             page.set_default_timeout(60_000)
             yield page
         finally:
