@@ -18,7 +18,8 @@ from vae_pipeline.core.config import ModelConfig, TrainConfig
 from vae_pipeline.core.idx import read_raw_dataset
 from vae_pipeline.core.inference import iwae_nll
 from vae_pipeline.core.model import build_model
-from vae_pipeline.core.train import TIMING_KEYS, Callback, History, fit
+from vae_pipeline.core.train import Callback, fit
+from vae_pipeline_tests.core.test_train import _StopAfter, _without_timing
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 
@@ -43,24 +44,6 @@ class _AmpDtype(Callback):
 
     def on_train_begin(self, info: dict[str, object]) -> None:
         self.dtype = str(info["amp_dtype"])
-
-
-class _StopAfter(Callback):
-    """Simulates an interruption: raises once the given epoch has been checkpointed."""
-
-    class Interrupt(Exception):
-        pass
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        if epoch == self.epoch:
-            raise self.Interrupt
-
-
-def _without_timing(history: History) -> list[dict[str, float]]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]
 
 
 class TestMixedPrecision:
