@@ -206,6 +206,27 @@ class GateConfig:
         _require(0 <= self.probe_tolerance < 1, f"probe_tolerance={self.probe_tolerance} must be in [0, 1).")
 
 
+@dataclass(frozen=True)
+class ComparisonConfig:
+    """How two model versions are measured side by side (a report: on the test split, one protocol for both)."""
+
+    seed: int = 0  # binarization, IWAE noise, probe rows and prior draws: the same for both versions
+    iwae_k: int = 1000  # importance samples per image, as in latent_evaluation
+    iwae_examples: int = 2000  # test images for the IWAE NLL (standard error ~0.3 nats at this size)
+    probe_max_train: int = 10_000  # training rows of the linear probe, the same rows for both
+    prior_samples: int = 2000  # decoded N(0, I) draws judged per version (FD needs >> 128 features)
+
+    def __post_init__(self) -> None:
+        _require(self.iwae_k >= 1, f"iwae_k={self.iwae_k} must be at least 1 (importance samples per image).")
+        _require(self.iwae_examples >= 2, f"iwae_examples={self.iwae_examples} must be at least 2 (for a standard error).")
+        _require(self.probe_max_train >= 10, f"probe_max_train={self.probe_max_train} must be at least 10 (one row per class).")
+        _require(
+            self.prior_samples >= 200,
+            f"prior_samples={self.prior_samples} must be at least 200: a Fréchet distance over the judge's 128 "
+            "features needs more samples than features.",
+        )
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A flat, JSON-friendly dict of a config (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
