@@ -138,6 +138,17 @@ def probe_gate(comparison: Comparison, tolerance: float) -> tuple[bool, str]:
     return _gate(comparison, "probe_accuracy", lambda new, old: new >= old - tolerance, "", f"tolerance {tolerance}")
 
 
+def active_units_needed(latent_dim: int, min_fraction: float) -> int:
+    """The fewest active latent units that are not posterior collapse: `min_fraction` of the dims, at least one."""
+    return max(1, math.ceil(min_fraction * latent_dim))
+
+
+def collapse_gate(active_units: float, latent_dim: int, min_fraction: float) -> tuple[bool, str]:
+    """Pass when at least `min_fraction` of the latent dimensions are active (no posterior collapse); needs no champion."""
+    active, needed = int(active_units), active_units_needed(latent_dim, min_fraction)
+    return active >= needed, f"{active} of {latent_dim} latent units active on the {GATE_SPLIT} split (need {needed})"
+
+
 def _gate(comparison: Comparison, name: str, ok, unit: str, rule: str) -> tuple[bool, str]:
     value = comparison.challenger[name]
     p = comparison.protocol

@@ -27,6 +27,8 @@ CHALLENGER = "challenger"
 CHAMPION = "champion"
 SERVING_CODE = Path(__file__).resolve().parents[1] / "serving.py"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+DAGSTER_UI_ENV = "DAGSTER_WEBSERVER_URL"
+DEFAULT_DAGSTER_UI = "http://127.0.0.1:3000"
 
 
 _active_uri: list[str] = []  # the store this process last activated
@@ -128,6 +130,7 @@ class MlflowTracking(dg.ConfigurableResource):
     experiment_name: str = "vae-pipeline"
     registered_model_prefix: str = "vae"  # models register as "<prefix>-<dataset>", e.g. vae-mnist
     ui_url: str | None = None  # base URL for links; default the tracking URI when it is http(s), else 127.0.0.1:5000
+    dagster_ui_url: str | None = None  # the Dagster UI that registry versions link to; None: $DAGSTER_WEBSERVER_URL, else 127.0.0.1:3000
 
     def uri(self) -> str:
         if self.tracking_uri:
@@ -205,6 +208,11 @@ class MlflowTracking(dg.ConfigurableResource):
             uri = self.uri()
             base = uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
         return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def dagster_run_url(self, run_id: str) -> str:
+        """Where the Dagster UI shows run `run_id` (`dagster dev` serves it on 127.0.0.1:3000 by default)."""
+        base = self.dagster_ui_url or os.environ.get(DAGSTER_UI_ENV) or DEFAULT_DAGSTER_UI
+        return f"{base.rstrip('/')}/runs/{run_id}"
 
 
 class MlflowEpochLogger(Callback):

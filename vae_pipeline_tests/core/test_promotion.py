@@ -12,6 +12,7 @@ from vae_pipeline.core.model import build_model
 from vae_pipeline.core.promotion import (
     Comparison,
     GateProtocol,
+    collapse_gate,
     gate_figures,
     incomparable_reason,
     nll_gate,
@@ -50,6 +51,11 @@ class TestGates:
         for gate in (lambda c: nll_gate(c, 1.0), lambda c: probe_gate(c, 0.005)):
             passed, text = gate(comparison)
             assert not passed and text == "not compared: the likelihoods differ; champion v1 kept"
+
+    def test_too_few_active_units_is_collapse_and_one_unit_is_always_needed(self) -> None:
+        assert collapse_gate(2.0, 20, 0.1) == (True, "2 of 20 latent units active on the val split (need 2)")
+        assert collapse_gate(1.0, 20, 0.1) == (False, "1 of 20 latent units active on the val split (need 2)")
+        assert collapse_gate(0.0, 2, 0.1) == (False, "0 of 2 latent units active on the val split (need 1)")
 
 
 class TestComparability:

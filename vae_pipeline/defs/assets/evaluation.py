@@ -28,6 +28,7 @@ from vae_pipeline.defs.assets.outputs import png_markdown, version_folder
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.lineage import LineageError, check_same_data, load_model_store, load_trained_model
 from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
+from vae_pipeline.defs.registry import record_evaluation
 from vae_pipeline.defs.tracking import MlflowTracking
 
 GROUP = "evaluation"
@@ -204,6 +205,7 @@ def latent_evaluation(
     client = mlflow_tracking.activate()
     run_id = vae_model["mlflow_run_id"]
     client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
+    record_evaluation(client, report)  # headline figures and their protocol on the registered version
     pngs = [metrics_path, samples_png, *(extras["tsne_png"] for _, extras in descriptive.values()), *pictures.values()]
     for path in pngs:
         client.log_artifact(run_id, str(path), artifact_path="evaluation")

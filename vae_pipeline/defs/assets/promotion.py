@@ -14,6 +14,8 @@ from vae_pipeline.core.device import resolve_device
 from vae_pipeline.core.promotion import (
     Comparison,
     GateProtocol,
+    active_units_needed,
+    collapse_gate,
     gate_figures,
     incomparable_reason,
     nll_gate,
@@ -27,6 +29,7 @@ from vae_pipeline.defs.lineage import (
     load_model_store,
     load_trained_model,
 )
+from vae_pipeline.defs.registry import record_gates, record_promotion
 from vae_pipeline.defs.resources import PipelineStorage
 from vae_pipeline.defs.tracking import (
     CHAMPION,
@@ -109,8 +112,10 @@ def champion_comparison(
         "model_name": vae_model["model_name"],
         "model_version": vae_model["model_version"],
         "latent_dim": model.cfg.latent_dim,
-        "gates": {"nll": [nll_ok, nll_text], "probe": [probe_ok, probe_text]},
+        "gates": {"nll": [nll_ok, nll_text], "probe": [probe_ok, probe_text],
+                  "collapse": list(collapse_gate(figures["active_units"], model.cfg.latent_dim, MIN_ACTIVE_FRACTION))},
     }
+    record_gates(client, manifest)  # the registry says how the version measured and whether it passed, failures too
     champion = comparison.champion or {}
     return dg.Output(
         manifest,
@@ -156,11 +161,11 @@ def probe_not_worse_than_champion(champion_comparison: dict) -> dg.AssetCheckRes
 def no_posterior_collapse(champion_comparison: dict) -> dg.AssetCheckResult:
     active = int(champion_comparison["challenger"]["active_units"])
     latent_dim = champion_comparison["latent_dim"]
-    needed = max(1, math.ceil(MIN_ACTIVE_FRACTION * latent_dim))
+    passed, description = collapse_gate(active, latent_dim, MIN_ACTIVE_FRACTION)
     return dg.AssetCheckResult(
-        passed=active >= needed,
-        description=f"{active} of {latent_dim} latent units active on the validation split (need {needed})",
-        metadata={"active_units": active, "needed": needed},
+        passed=passed,
+        description=description,
+        metadata={"active_units": active, "needed": active_units_needed(latent_dim, MIN_ACTIVE_FRACTION)},
     )
 
 
@@ -173,14 +178,15 @@ def champion_model(
     name, version = vae_model["model_name"], vae_model["model_version"]
     previous = version_by_alias(client, name, CHAMPION)
     client.set_registered_model_alias(name, CHAMPION, str(version))
-    context.log.info(f"{name} v{version} is champion (was {previous.version if previous else 'none'})")
+    why = record_promotion(client, name, version, int(previous.version) if previous else None, champion_comparison)
+    context.log.info(f"{name} v{version} is champion (was {previous.version if previous else 'none'}): {why}")
     figures = champion_comparison["challenger"]
     return dg.Output(
         {"model_name": name, "model_version": version, "previous_version": int(previous.version) if previous else None,
          "model_uri": f"models:/{name}@{CHAMPION}"},
         metadata={"model_name": name, "model_version": version,
                   "previous_champion": int(previous.version) if previous else 0,
-                  "val_iwae_nll": figures["iwae_nll"], "val_probe_accuracy": figures["probe_accuracy"]},
+                  "val_iwae_nll": figures["iwae_nll"], "val_probe_accuracy": figures["probe_accuracy"], "promotion": why},
     )
 
 

@@ -26,6 +26,7 @@ from vae_pipeline.core.tensor_store import load_tensor_store
 from vae_pipeline.core.train import fit
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.progress import DagsterProgressLogger
+from vae_pipeline.defs.registry import describe_version
 from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
 from vae_pipeline.defs.tracking import (
     CHALLENGER,
@@ -315,6 +316,7 @@ def vae_model(
         mlflow_tracking=mlflow_tracking,
         register_as=f"{mlflow_tracking.registered_model_prefix}-{mnist_tensors['dataset']}",
     )
+    describe_version(mlflow_tracking.activate(), manifest, mlflow_tracking.dagster_run_url)  # reused versions too
     return dg.Output(manifest, metadata=_metadata(manifest), data_version=dg.DataVersion(manifest["fingerprint"]))
 
 
