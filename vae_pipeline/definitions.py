@@ -4,6 +4,7 @@ import dagster as dg
 import torch
 
 from vae_pipeline.defs.assets import (
+    comparison,
     evaluation,
     ingest,
     judge,
@@ -24,7 +25,7 @@ from vae_pipeline.defs.validation import checked_executor
 torch.set_flush_denormal(True)
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingest, training, judge, outputs, evaluation, promotion]),
+    assets=dg.load_assets_from_modules([ingest, training, judge, outputs, evaluation, comparison, promotion]),
     asset_checks=[*DATA_CHECKS, *promotion.GATES],
     jobs=[vae_pipeline_job],
     schedules=[nightly_retrain],

@@ -16,6 +16,7 @@ import dagster as dg
 from pydantic import ValidationError
 
 from vae_pipeline.core.config import (
+    ComparisonConfig,
     ConfigError,
     DataConfig,
     EmbeddingsConfig,
@@ -28,6 +29,7 @@ from vae_pipeline.core.config import (
 )
 from vae_pipeline.core.device import resolve_device
 from vae_pipeline.core.judge import JudgeConfig
+from vae_pipeline.defs.assets.comparison import VersionComparisonConfig
 from vae_pipeline.defs.assets.evaluation import LatentEvaluationConfig
 from vae_pipeline.defs.assets.ingest import MnistRawConfig, MnistTensorsConfig
 from vae_pipeline.defs.assets.judge import DigitClassifierConfig
@@ -39,6 +41,7 @@ from vae_pipeline.defs.assets.outputs import (
 from vae_pipeline.defs.assets.promotion import ChampionComparisonConfig
 from vae_pipeline.defs.assets.training import VaeTrainingConfig
 from vae_pipeline.defs.config_classes import to_core
+from vae_pipeline.defs.versions import parse_version_ref
 
 # Every asset that takes config, with the checks its values must pass. A test asserts that no
 # configurable asset of the definitions is missing here.
@@ -52,7 +55,11 @@ CONFIG_CHECKS: dict[str, tuple[type[dg.Config], Callable[[Any], object]]] = {
     "latent_embeddings": (LatentEmbeddingsConfig, lambda c: to_core(c, EmbeddingsConfig)),
     "prior_samples": (PriorSamplesConfig, lambda c: to_core(c, SamplesConfig)),
     "reconstruction_report": (ReconstructionReportConfig, lambda c: to_core(c, ReportConfig)),
-    "latent_evaluation": (LatentEvaluationConfig, lambda c: to_core(c, EvaluationConfig)),
+    "latent_evaluation": (LatentEvaluationConfig, lambda c: (to_core(c, EvaluationConfig), parse_version_ref(c.model_version))),
+    "version_comparison": (
+        VersionComparisonConfig,
+        lambda c: (to_core(c, ComparisonConfig), parse_version_ref(c.baseline), parse_version_ref(c.candidate)),
+    ),
     "champion_comparison": (ChampionComparisonConfig, lambda c: to_core(c, GateConfig)),
     "digit_classifier": (DigitClassifierConfig, lambda c: (to_core(c, JudgeConfig), resolve_device(c.device))),
 }

@@ -14,6 +14,7 @@ def test_definitions_load_and_describe_every_asset() -> None:
     assert keys == {
         "mnist_raw", "mnist_tensors", "vae_model", "autoencoder_baseline", "latent_embeddings",
         "prior_samples", "reconstruction_report", "latent_evaluation", "champion_comparison", "champion_model",
+        "version_comparison",
         "digit_classifier",
     }
     for key in graph.get_all_asset_keys():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import dagster as dg
 import pandas as pd
 import pyarrow.parquet as pq
@@ -17,11 +19,13 @@ TINY_TRAINING = {"hidden_dims": [64], "latent_dim": 4, "epochs": 2, "batch_size"
 TINY_EVALUATION = {"tsne_points": 200, "probe_max_train": 600, "iwae_k": 20, "iwae_examples": 50, "smoothness_pairs": 10,
                    "regularity_samples": 200, "regularity_pairs": 200}
 TINY_GATES = {"iwae_k": 20, "iwae_examples": 100, "probe_max_train": 600}
+TINY_COMPARISON = {**TINY_GATES, "prior_samples": 200}
 # 1,000 training images do not make a 99% judge; the slice's judge is held to a lower floor.
 TINY_JUDGE = {"epochs": 2, "min_test_accuracy": 0.7}
 
 
-def run_config(source_dir: Path, seed: int = 0, **training: object) -> dg.RunConfig:
+def run_config(source_dir: Path, seed: int = 0, ops: dict | None = None, **training: object) -> dg.RunConfig:
+    """The tiny whole-graph config; `ops` replaces assets' configs (e.g. which version to evaluate)."""
     return dg.RunConfig(
         {
             "mnist_raw": {"config": {"source_dir": str(source_dir), "verify_md5": False, "allow_download": False}},
@@ -29,16 +33,20 @@ def run_config(source_dir: Path, seed: int = 0, **training: object) -> dg.RunCon
             "vae_model": {"config": {**TINY_TRAINING, "seed": seed, **training}},
             "latent_evaluation": {"config": TINY_EVALUATION},
             "champion_comparison": {"config": TINY_GATES},
+            "version_comparison": {"config": TINY_COMPARISON},
             "digit_classifier": {"config": TINY_JUDGE},
+            **(ops or {}),
         }
     )
 
 
-def materialize_all(data_dir: Path, source_dir: Path, seed: int = 0, **training: object) -> dg.ExecuteInProcessResult:
+def materialize_all(
+    data_dir: Path, source_dir: Path, seed: int = 0, ops: dict | None = None, **training: object
+) -> dg.ExecuteInProcessResult:
     uri = f"sqlite:///{data_dir / 'mlflow.db'}"
     job = defs.resolve_job_def("vae_pipeline_job")
     return job.execute_in_process(
-        run_config=run_config(source_dir, seed, **training),
+        run_config=run_config(source_dir, seed, ops, **training),
         resources=default_resources(str(data_dir), tracking_uri=uri),
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,  # a failed quality gate fails the run; the tests read the outcome
@@ -61,6 +69,7 @@ class TestWholeGraph:
         expected = {
             "mnist_raw", "mnist_tensors", "vae_model", "autoencoder_baseline", "latent_embeddings",
             "prior_samples", "reconstruction_report", "latent_evaluation", "champion_comparison", "champion_model",
+            "version_comparison",
             "digit_classifier",
         }
         materialized = {e.asset_key.to_user_string() for e in first.get_asset_materialization_events()}
@@ -106,3 +115,56 @@ class TestWholeGraph:
         assert vae.metadata["reused"].value is True and vae.metadata["model_version"].value == 2
         client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
         assert len(client.search_model_versions("name='vae-mnist'")) == 2
+
+    def test_version_comparison_puts_the_champion_beside_the_new_version(self, two_versions) -> None:
+        data_dir, first, second = two_versions
+        alone = first.asset_materializations_for_node("version_comparison")[0].metadata
+        assert alone["compared"].value is False
+        assert alone["reason"].value == "no version of vae-mnist holds alias 'champion' yet: nothing to compare with"
+        meta = second.asset_materializations_for_node("version_comparison")[0].metadata
+        assert (meta["baseline_version"].value, meta["candidate_version"].value) == (1, 2)  # before the alias moved
+        report = json.loads((data_dir / "comparisons" / "vae-mnist" / "v1-vs-v2" / "comparison.json").read_text())
+        assert (report["protocol"]["split"], report["protocol"]["iwae_k"], report["protocol"]["prior_samples"]) == ("test", 20, 200)
+        rows = report["per_class_recon"]
+        assert [r["label"] for r in rows] == list(range(10))
+        for r in rows:
+            assert r["baseline"] == pytest.approx(report["baseline"]["per_class_recon"][str(r["label"])])
+            assert r["change"] == pytest.approx(r["candidate"] - r["baseline"])
+        assert report["likelihood_incomparable"] is None
+        assert f"| {report['baseline']['iwae_nll']:.2f} | {report['candidate']['iwae_nll']:.2f} |" in meta["comparison"].value
+        assert "data:image/png;base64," in meta["prior_samples"].value
+        client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
+        v2_run = client.get_model_version("vae-mnist", "2").run_id
+        assert {a.path for a in client.list_artifacts(v2_run, "comparisons/v1")} == {
+            "comparisons/v1/comparison.json", "comparisons/v1/prior_samples.png"}
+
+    def test_any_version_can_be_evaluated_and_compared_either_way(self, two_versions, mnist_slice_dir: Path) -> None:
+        data_dir, _, _ = two_versions
+        before = json.loads((data_dir / "comparisons" / "vae-mnist" / "v1-vs-v2" / "comparison.json").read_text())
+        client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
+        v1_run = client.get_model_version("vae-mnist", "1").run_id
+        evaluated_before = len(client.get_metric_history(v1_run, "eval_iwae_nll"))
+        again = materialize_all(data_dir, mnist_slice_dir, seed=1, ops={
+            "latent_evaluation": {"config": {**TINY_EVALUATION, "model_version": "1"}},
+            "version_comparison": {"config": {**TINY_COMPARISON, "baseline": "2", "candidate": "1"}},
+        })
+        assert again.asset_materializations_for_node("vae_model")[0].metadata["model_version"].value == 2
+        evaluation = again.asset_materializations_for_node("latent_evaluation")[0].metadata
+        assert evaluation["model_version"].value == 1  # the version asked for, not the one this run trained
+        assert json.loads((data_dir / "evaluation" / "vae-mnist" / "v0001" / "metrics.json").read_text())["model_version"] == 1
+        assert len(client.get_metric_history(v1_run, "eval_iwae_nll")) == evaluated_before + 1  # logged to v1's run
+        swapped = json.loads((data_dir / "comparisons" / "vae-mnist" / "v2-vs-v1" / "comparison.json").read_text())
+        # Measured the same way whichever side a version is on: the figures swap exactly.
+        for figure in ("iwae_nll", "recon_nll_at_mu", "kl", "probe_accuracy"):
+            assert swapped["baseline"][figure] == pytest.approx(before["candidate"][figure], rel=1e-6)
+            assert swapped["candidate"][figure] == pytest.approx(before["baseline"][figure], rel=1e-6)
+        assert swapped["baseline"]["prior"]["fd"] == pytest.approx(before["candidate"]["prior"]["fd"], rel=1e-6)
+
+    def test_a_version_number_that_does_not_exist_names_the_ones_that_do(self, two_versions) -> None:
+        from vae_pipeline.defs.versions import VersionError, find_version
+
+        data_dir, _, _ = two_versions
+        client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}", registry_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
+        with pytest.raises(VersionError, match=r"vae-mnist has no version 99: vae-mnist has versions \[1, 2\]; aliases: challenger -> v2"):
+            find_version(client, "vae-mnist", 99)
+        assert find_version(client, "vae-mnist", "nobody") is None  # an alias not set yet is a state, not a typo

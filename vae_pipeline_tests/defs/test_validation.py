@@ -36,6 +36,10 @@ BAD_DOWNSTREAM = {
     "no prior samples": ("prior_samples", {"n_samples": 0}, "n_samples=0 must be at least 1"),
     "one-frame interpolation": ("prior_samples", {"interpolation_steps": 1}, "interpolation_steps=1 must be at least 2"),
     "empty gallery": ("reconstruction_report", {"gallery_size": 0}, "gallery_size=0 must be between 1 and 1000"),
+    "version written v7": ("latent_evaluation", {"model_version": "v7"}, "'v7' is neither a version number (e.g. 7, without a 'v')"),
+    "version 0": ("version_comparison", {"baseline": "0"}, "'0' is neither a version number"),
+    "alias with a space": ("version_comparison", {"candidate": "my champion"}, "'my champion' is neither"),
+    "too few prior draws to compare": ("version_comparison", {"prior_samples": 50}, "prior_samples=50 must be at least 200"),
 }
 
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vae_pipeline.definitions import defs
     from vae_pipeline.defs.resources import default_resources
-    from vae_pipeline_tests.defs.test_graph import TINY_EVALUATION, TINY_GATES, TINY_JUDGE, TINY_TRAINING
+    from vae_pipeline_tests.defs.test_graph import TINY_COMPARISON, TINY_EVALUATION, TINY_GATES, TINY_JUDGE, TINY_TRAINING
 
     config = {
         "mnist_raw": {"config": {"source_dir": args.source_dir, "verify_md5": args.verify_md5, "allow_download": False}},
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "vae_model": {"config": {**TINY_TRAINING, "seed": args.seed, **json.loads(args.training)}},
         "latent_evaluation": {"config": TINY_EVALUATION},
         "champion_comparison": {"config": TINY_GATES},
+        "version_comparison": {"config": TINY_COMPARISON},
         "digit_classifier": {"config": TINY_JUDGE},
     }
     resources = default_resources(args.data_dir, tracking_uri=args.tracking_uri)

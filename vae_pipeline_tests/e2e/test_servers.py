@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 ASSETS = {
     "mnist_raw", "mnist_tensors", "vae_model", "autoencoder_baseline", "latent_embeddings",
     "prior_samples", "reconstruction_report", "latent_evaluation", "champion_comparison", "champion_model",
+    "version_comparison",
     "digit_classifier",
 }
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 import numpy as np
+import pydantic
 import torch
 
 from vae_pipeline.core import plots, probes, regularity, smoothness, tsne
@@ -27,15 +28,22 @@ from vae_pipeline.core.tensor_store import TensorStore
 from vae_pipeline.defs.assets.outputs import png_markdown, version_folder
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.lineage import LineageError, check_same_data, load_model_store, load_trained_model
-from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
 from vae_pipeline.defs.registry import record_evaluation
+from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
+from vae_pipeline.defs import versions
 from vae_pipeline.defs.tracking import MlflowTracking
+from vae_pipeline.defs.versions import JUST_TRAINED
 
 GROUP = "evaluation"
 SHOWN_SAMPLES = 64  # decoded draws per panel of the side-by-side picture (an 8x8 mosaic)
 MANIFOLD_SIDE = 20  # the 2-D manifold picture decodes a 20 x 20 grid of Gaussian quantiles
 
-LatentEvaluationConfig = dagster_config("LatentEvaluationConfig", EvaluationConfig.__doc__, EvaluationConfig, module=__name__)
+LatentEvaluationConfig = dagster_config(
+    "LatentEvaluationConfig", EvaluationConfig.__doc__, EvaluationConfig, module=__name__,
+    extra={"model_version": (str, pydantic.Field(JUST_TRAINED, description=(
+        "Which VAE to evaluate: empty for the version this run trained, a registered version number (7) "
+        "or an alias (champion, challenger) of the dataset's registered model.")))},
+)
 
 
 def _encode(model: VAE, store: TensorStore, device: torch.device) -> dict[str, Any]:
@@ -123,16 +131,26 @@ def latent_evaluation(
     digit_classifier: dict,
 ) -> dg.Output:
     """Is the VAE's latent space more regular than the AE's (judged by an independent classifier)? Plus probes, t-SNE, IWAE NLL."""
-    config = to_core(config, EvaluationConfig)
+    config_ref, config = config.model_version, to_core(config, EvaluationConfig)
     for model in (vae_model, autoencoder_baseline):
         check_same_data(model, mnist_tensors)
     if digit_classifier["data_version"] != vae_model["data_version"]:
         raise LineageError(f"the judge was trained on data version {digit_classifier['data_version'][:12]}, the VAE on "
                            f"{vae_model['data_version'][:12]}; materialize digit_classifier with this run's mnist_tensors.")
     device = resolve_device("auto")
+    client = mlflow_tracking.activate()
+    target = versions.resolve(client, storage, vae_model, config_ref, device)
+    if target is None:
+        raise versions.VersionError(f"no version of {vae_model['model_name']} holds alias {config_ref!r}; evaluate a "
+                                    "version number or an alias that is set, or leave model_version empty.")
+    versions.check_trained_on(target, mnist_tensors["content_sha256"], "this run's mnist_tensors (and its judge and auto-encoder)")
+    evaluated = target.record
+    if evaluated is not vae_model:
+        context.log.info(f"evaluating {evaluated['model_name']} {target.label} (model_version={config_ref!r}), "
+                         f"not the version this run trained (v{vae_model['model_version']})")
     store = load_model_store(storage, vae_model)
-    folder = version_folder(storage, "evaluation", vae_model)
-    models = {"vae": load_trained_model(storage, vae_model, device), "ae": load_trained_model(storage, autoencoder_baseline, device)}
+    folder = version_folder(storage, "evaluation", evaluated)
+    models = {"vae": target.model, "ae": load_trained_model(storage, autoencoder_baseline, device)}
     judge, record = load_judge(storage.resolve(digit_classifier["checkpoint"]), device)
     train, test = store["train"], store["test"]
     codes = {name: _encode(model, store, device) for name, model in models.items()}
@@ -195,15 +213,15 @@ def latent_evaluation(
         "kl_per_dimension": kl_dims.tolist(),
         "latent_dim": models["vae"].latent_dim,
         "config": to_dict(config),
-        "protocol": {"split": "test", "judge": digit_classifier["fingerprint"], "data_version": vae_model["data_version"]},
-        "model_name": vae_model["model_name"],
-        "model_version": vae_model["model_version"],
-        "mlflow_run_id": vae_model["mlflow_run_id"],
+        "protocol": {"split": "test", "judge": digit_classifier["fingerprint"], "data_version": evaluated["data_version"]},
+        "model_name": evaluated["model_name"],
+        "model_version": evaluated["model_version"],
+        "mlflow_run_id": evaluated["mlflow_run_id"],
     }
     metrics_path = folder / "metrics.json"
     write_json_atomic(metrics_path, report)
     client = mlflow_tracking.activate()
-    run_id = vae_model["mlflow_run_id"]
+    run_id = evaluated["mlflow_run_id"]
     client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
     record_evaluation(client, report)  # headline figures and their protocol on the registered version
     pngs = [metrics_path, samples_png, *(extras["tsne_png"] for _, extras in descriptive.values()), *pictures.values()]
@@ -230,7 +248,7 @@ def latent_evaluation(
             "tsne_autoencoder": png_markdown(descriptive["ae"][1]["tsne_png"], "t-SNE of auto-encoder codes"),
             **{name: png_markdown(path, name) for name, path in pictures.items()},
             "metrics_json": dg.MetadataValue.path(str(metrics_path)),
-            "model_version": vae_model["model_version"],
+            "model_version": evaluated["model_version"],
         },
     )
 

@@ -23,6 +23,7 @@ from vae_pipeline.core.promotion import (
     protocol_for,
 )
 from vae_pipeline.core.tensor_store import TensorStore
+from vae_pipeline.defs.assets.comparison import version_comparison
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.lineage import (
     check_same_data,
@@ -169,7 +170,8 @@ def no_posterior_collapse(champion_comparison: dict) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"})
+# After version_comparison: its default baseline is the champion before this run moves the alias.
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=[version_comparison])
 def champion_model(
     context: dg.AssetExecutionContext, mlflow_tracking: MlflowTracking, vae_model: dict, champion_comparison: dict
 ) -> dg.Output:
