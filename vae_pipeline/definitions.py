@@ -13,7 +13,9 @@ from vae_pipeline.defs.assets import (
     training,
 )
 from vae_pipeline.defs.checks import DATA_CHECKS
-from vae_pipeline.defs.jobs import nightly_retrain, vae_pipeline_job
+from vae_pipeline.defs.automation import automation_sensor
+from vae_pipeline.defs.jobs import vae_pipeline_job
+from vae_pipeline.defs.raw_files import RAW_FILES_ASSET, observe_raw_files
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline.defs.sensors import end_mlflow_runs_of_failed_runs
 from vae_pipeline.defs.validation import checked_executor
@@ -25,11 +27,11 @@ from vae_pipeline.defs.validation import checked_executor
 torch.set_flush_denormal(True)
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingest, training, judge, outputs, evaluation, comparison, promotion]),
+    assets=[RAW_FILES_ASSET, *dg.load_assets_from_modules([ingest, training, judge, outputs, evaluation, comparison, promotion])],
     asset_checks=[*DATA_CHECKS, *promotion.GATES],
     jobs=[vae_pipeline_job],
-    schedules=[nightly_retrain],
-    sensors=[end_mlflow_runs_of_failed_runs],
+    # No schedule: the raw folder is observed and assets update on new data (defs/automation.py).
+    sensors=[observe_raw_files, automation_sensor, end_mlflow_runs_of_failed_runs],
     resources=default_resources(),
     # In-process by default, multiprocess through the run config; every asset's config is checked
     # before the first step either way (defs/validation.py).

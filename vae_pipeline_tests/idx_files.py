@@ -55,9 +55,9 @@ def write_idx_set(folder: Path, arrays: dict[str, np.ndarray], *, compress: bool
     return folder
 
 
-def write_mnist_slice(source: Path, folder: Path, n_train: int, n_test: int) -> Path:
-    """The first n_train / n_test images and labels of real MNIST, as an IDX set (not official: skip md5)."""
-    raw = read_raw_dataset(source, "mnist")
+def write_mnist_slice(source: Path, folder: Path, n_train: int, n_test: int, dataset: str = "mnist") -> Path:
+    """The first n_train / n_test images and labels of real MNIST (or Fashion-MNIST), as an IDX set (not official: skip md5)."""
+    raw = read_raw_dataset(source, dataset)
     return write_idx_set(
         folder,
         {

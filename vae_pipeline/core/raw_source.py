@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from vae_pipeline.core.idx import RAW_FILES, DataError
+from vae_pipeline.core.idx import RAW_FILES, DataError, md5_of
 
 # torchvision's folder names, so a torchvision download and our local lookup agree.
 TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -50,3 +52,33 @@ def locate_raw_dir(
         f"no {dataset} files found: set VAE_PIPELINE_MNIST_DIR (or source_dir) to a folder with the four "
         f"official IDX files, put them in {local}, or allow the download."
     )
+
+
+@dataclass(frozen=True)
+class RawObservation:
+    """What is in a watched raw folder now: each file's md5 as on disk, and one version over all four."""
+
+    directory: Path
+    md5: dict[str, str] = field(default_factory=dict)  # key (train_images, ...) -> md5 of the file on disk
+    missing: tuple[str, ...] = ()  # file stems not found (neither .gz nor plain)
+
+    @property
+    def data_version(self) -> str:
+        """Changes exactly when a file's bytes change, one appears or one goes; "absent" when none is there."""
+        if not self.md5:
+            return "absent"
+        parts = [f"{key}={self.md5.get(key, 'missing')}" for key in sorted(RAW_FILES)]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def observe_raw_files(directory: Path | str) -> RawObservation:
+    """md5 of each of the four IDX files in `directory` (.gz preferred, as the reader does); reads nothing else."""
+    directory = Path(directory)
+    md5, missing = {}, []
+    for key, stem in RAW_FILES.items():
+        found = next((p for p in (directory / f"{stem}.gz", directory / stem) if p.is_file()), None)
+        if found is None:
+            missing.append(stem)
+        else:
+            md5[key] = md5_of(found)
+    return RawObservation(directory=directory, md5=md5, missing=tuple(missing))

@@ -1,4 +1,4 @@
-"""Jobs and the nightly retrain schedule."""
+"""The whole-pipeline job, for the CLI, the launchpad and backfills (automation needs no job: defs/automation.py)."""
 
 import dagster as dg
 
@@ -8,13 +8,4 @@ vae_pipeline_job = dg.define_asset_job(
     "vae_pipeline_job",
     selection=dg.AssetSelection.all(),
     description="Ingest, train (or reuse), embed, sample, report, evaluate and promote.",
-)
-
-nightly_retrain = dg.ScheduleDefinition(
-    name="nightly_retrain",
-    job=vae_pipeline_job,
-    cron_schedule="0 2 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Retrain at 02:00 UTC; a no-op retrain when data, code and config are unchanged.",
 )

@@ -191,6 +191,8 @@ def _link_metrics(client: MlflowClient, run: Run, model_id: str, keys: Iterable[
     if not inputs:
         raise TrackingError(f"MLflow run {run.info.run_id} records no input dataset; re-materialize vae_model to log it.")
     dataset = inputs[0].dataset
+    # A value linked before is not linked again: the store refuses a second link of the same point.
+    already = {(m.key, m.timestamp, m.step) for m in client.get_logged_model(model_id).metrics or []}
     linked = []
     for key in keys:
         history = client.get_metric_history(run.info.run_id, key)
@@ -198,9 +200,12 @@ def _link_metrics(client: MlflowClient, run: Run, model_id: str, keys: Iterable[
             raise TrackingError(f"MLflow run {run.info.run_id} has no metric {key!r} to link to logged model {model_id}; "
                                 "re-materialize the asset that logs it.")
         last = max(history, key=lambda m: (m.step, m.timestamp))
+        if (key, last.timestamp, last.step) in already:
+            continue
         linked.append(Metric(key, last.value, last.timestamp, last.step, model_id=model_id,
                              dataset_name=dataset.name, dataset_digest=dataset.digest))
-    client.log_batch(run.info.run_id, metrics=linked)
+    if linked:
+        client.log_batch(run.info.run_id, metrics=linked)
 
 
 def _promotion_reason(version: int, previous: int | None, comparison: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ def test_definitions_load_and_describe_every_asset() -> None:
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {
-        "mnist_raw", "mnist_tensors", "vae_model", "autoencoder_baseline", "latent_embeddings",
+        "mnist_raw_files", "mnist_raw", "mnist_tensors", "vae_model", "autoencoder_baseline", "latent_embeddings",
         "prior_samples", "reconstruction_report", "latent_evaluation", "champion_comparison", "champion_model",
         "version_comparison",
         "digit_classifier",
@@ -23,11 +23,21 @@ def test_definitions_load_and_describe_every_asset() -> None:
         assert node.group_name != "default", f"{key} has no group"
 
 
-def test_nightly_schedule_requests_the_whole_pipeline() -> None:
-    schedule = defs.resolve_schedule_def("nightly_retrain")
-    assert schedule.cron_schedule == "0 2 * * *"
-    assert schedule.job_name == "vae_pipeline_job"
-    job = defs.resolve_job_def("vae_pipeline_job")
+def test_every_asset_has_a_code_version_and_updates_on_new_data() -> None:
+    graph = defs.resolve_asset_graph()
+    for key in graph.materializable_asset_keys:
+        node = graph.get(key)
+        assert node.code_version, f"{key.to_user_string()} has no code_version"
+        assert node.automation_condition is not None, f"{key.to_user_string()} has no automation condition"
+    assert graph.get(dg.AssetKey("mnist_raw")).parent_keys == {dg.AssetKey("mnist_raw_files")}
+    assert not graph.get(dg.AssetKey("mnist_raw_files")).is_materializable  # an external asset: the raw folder
+
+
+def test_automation_and_raw_file_sensors_are_on_by_default_and_no_blind_schedule() -> None:
+    for name in ("automation", "observe_raw_files"):
+        assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
+    assert not list(defs.schedules or [])
+    job = defs.resolve_job_def("vae_pipeline_job")  # kept for the CLI and backfills
     assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} >= {"vae_model", "champion_model"}
 
 

@@ -81,6 +81,7 @@ class TestCheckRunConfig:
         configurable = {
             key.to_user_string()
             for assets_def in defs.assets
+            if isinstance(assets_def, dg.AssetsDefinition)  # not the external raw-files asset
             for key in assets_def.keys
             if getattr(assets_def.op.config_schema.as_field().config_type, "fields", None)  # no config: Any
         }

@@ -1,8 +1,7 @@
-"""The product as its users run it: `dagster dev` and `mlflow server`, a launch through GraphQL, the schedule."""
+"""The product as its users run it: `dagster dev` and `mlflow server`, a launch through GraphQL, the sensors."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -70,33 +69,31 @@ def test_nothing_written_is_a_pickle(dagster_dev: DagsterDev, first_run: str) ->
     assert list(artifacts.rglob("*.pkl")) == [] and list(artifacts.rglob("checkpoint.pt"))
 
 
-def test_the_nightly_schedule_is_registered_and_a_tick_requests_the_job(dagster_dev: DagsterDev) -> None:
+def test_the_sensors_are_registered_and_the_raw_files_sensor_reports_the_folder(dagster_dev: DagsterDev, mnist_slice_dir: Path) -> None:
     data = dagster_dev.graphql(
-        """{ schedulesOrError(repositorySelector: {repositoryLocationName: "vae_pipeline", repositoryName: "__repository__"}) {
-             ... on Schedules { results { name cronSchedule executionTimezone pipelineName
-               scheduleState { status } } } }
+        """{ sensorsOrError(repositorySelector: {repositoryLocationName: "vae_pipeline", repositoryName: "__repository__"}) {
+             ... on Sensors { results { name sensorType sensorState { status } } } }
            instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"""
     )
-    schedules = {s["name"]: s for s in data["schedulesOrError"]["results"]}
-    nightly = schedules["nightly_retrain"]
-    assert (nightly["cronSchedule"], nightly["executionTimezone"], nightly["pipelineName"]) == ("0 2 * * *", "UTC", "vae_pipeline_job")
-    assert nightly["scheduleState"]["status"] == "RUNNING"  # the daemon will tick it without anyone switching it on
+    sensors = {s["name"]: s for s in data["sensorsOrError"]["results"]}
+    assert {"automation", "observe_raw_files", "end_mlflow_runs_of_failed_runs"} <= set(sensors)
+    assert sensors["automation"]["sensorType"] == "AUTOMATION"
+    # Off here only because this deployment sets VAE_PIPELINE_AUTOMATION=off (test_definitions: on by default).
+    assert sensors["automation"]["sensorState"]["status"] == "STOPPED"
+    assert sensors["end_mlflow_runs_of_failed_runs"]["sensorState"]["status"] == "RUNNING"
     daemons = {d["daemonType"]: d for d in data["instance"]["daemonHealth"]["allDaemonStatuses"]}
-    assert daemons["SCHEDULER"]["healthy"], daemons
-    # A tick at tonight's 02:00, evaluated by the code server (the UI's "Test schedule").
-    tick = dt.datetime.now(dt.timezone.utc).replace(hour=2, minute=0, second=0, microsecond=0).timestamp()
+    assert daemons["SENSOR"]["healthy"], daemons
+    # The UI's "Test sensor": evaluated by the code server against the watched folder (the MNIST slice).
     dry = dagster_dev.graphql(
-        """mutation($selector: ScheduleSelector!, $timestamp: Float) { scheduleDryRun(selectorData: $selector, timestamp: $timestamp) {
-             __typename ... on DryRunInstigationTick { timestamp evaluationResult { skipReason error { message }
-               runRequests { jobName runKey tags { key value } } } } ... on PythonError { message } } }""",
-        {"selector": {"repositoryLocationName": "vae_pipeline", "repositoryName": "__repository__", "scheduleName": "nightly_retrain"},
-         "timestamp": tick},
-    )["scheduleDryRun"]
+        """mutation($selector: SensorSelector!) { sensorDryRun(selectorData: $selector, cursor: null) {
+             __typename ... on DryRunInstigationTick { evaluationResult { skipReason cursor error { message } } }
+             ... on PythonError { message } } }""",
+        {"selector": {"repositoryLocationName": "vae_pipeline", "repositoryName": "__repository__", "sensorName": "observe_raw_files"}},
+    )["sensorDryRun"]
     assert dry["__typename"] == "DryRunInstigationTick", dry
-    requests_ = dry["evaluationResult"]["runRequests"]
-    assert len(requests_) == 1 and requests_[0]["jobName"] in (None, "vae_pipeline_job")
-    tags = {t["key"]: t["value"] for t in requests_[0]["tags"]}
-    assert tags.get("dagster/schedule_name") == "nightly_retrain"
+    result = dry["evaluationResult"]
+    assert result["error"] is None and result["skipReason"] is None
+    assert json.loads(result["cursor"])["directory"] == str(mnist_slice_dir)
 
 
 def _new_files(folder: Path, before: set[Path]) -> set[Path]:

@@ -26,6 +26,7 @@ from vae_pipeline.core.version_comparison import (
 )
 from vae_pipeline.defs import versions
 from vae_pipeline.defs.assets.outputs import png_markdown
+from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.lineage import LineageError, check_same_data, load_model_store
 from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
@@ -78,7 +79,7 @@ def _prior_panels(baseline: versions.Evaluated, candidate: versions.Evaluated, r
     return plots.image_panels_png(panels, path, nrow=8)
 
 
-@dg.asset(group_name=GROUP, code_version=COMPARISON_CODE_VERSION, kinds={"pytorch", "mlflow"})
+@dg.asset(group_name=GROUP, code_version=COMPARISON_CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch", "mlflow"})
 def version_comparison(
     context: dg.AssetExecutionContext,
     config: VersionComparisonConfig,

@@ -26,15 +26,18 @@ from vae_pipeline.core.model import VAE
 from vae_pipeline.core.reports import scoring_targets
 from vae_pipeline.core.tensor_store import TensorStore
 from vae_pipeline.defs.assets.outputs import png_markdown, version_folder
+from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.lineage import LineageError, check_same_data, load_model_store, load_trained_model
 from vae_pipeline.defs.registry import record_evaluation
 from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
+from vae_pipeline.defs.reuse import stored_result
 from vae_pipeline.defs import versions
 from vae_pipeline.defs.tracking import MlflowTracking
 from vae_pipeline.defs.versions import JUST_TRAINED
 
 GROUP = "evaluation"
+EVALUATION_CODE_VERSION = "2"  # bump when a change should re-evaluate models whose inputs and config are unchanged
 SHOWN_SAMPLES = 64  # decoded draws per panel of the side-by-side picture (an 8x8 mosaic)
 MANIFOLD_SIDE = 20  # the 2-D manifold picture decodes a 20 x 20 grid of Gaussian quantiles
 
@@ -119,7 +122,8 @@ def _two_d_pictures(vae: VAE, ae: VAE, codes: dict, store: TensorStore, device: 
     return {"manifold_2d": manifold, "codes_2d": scatter}
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "scikitlearn", "mlflow"})
+@dg.asset(group_name=GROUP, code_version=EVALUATION_CODE_VERSION, automation_condition=on_new_data(),
+          kinds={"pytorch", "scikitlearn", "mlflow"})
 def latent_evaluation(
     context: dg.AssetExecutionContext,
     config: LatentEvaluationConfig,
@@ -129,7 +133,7 @@ def latent_evaluation(
     vae_model: dict,
     autoencoder_baseline: dict,
     digit_classifier: dict,
-) -> dg.Output:
+) -> dg.MaterializeResult:
     """Is the VAE's latent space more regular than the AE's (judged by an independent classifier)? Plus probes, t-SNE, IWAE NLL."""
     config_ref, config = config.model_version, to_core(config, EvaluationConfig)
     for model in (vae_model, autoencoder_baseline):
@@ -148,6 +152,14 @@ def latent_evaluation(
     if evaluated is not vae_model:
         context.log.info(f"evaluating {evaluated['model_name']} {target.label} (model_version={config_ref!r}), "
                          f"not the version this run trained (v{vae_model['model_version']})")
+    result = stored_result(
+        storage, "latent_evaluation", evaluated, code=EVALUATION_CODE_VERSION, config=to_dict(config),
+        autoencoder={k: autoencoder_baseline[k] for k in ("fingerprint", "checkpoint_sha256", "mlflow_run_id")},
+        judge=digit_classifier["fingerprint"],
+    )
+    if (reused := result.load(context.log)) is not None:
+        context.log.info(f"{target.label}'s evaluation: models, judge, config and code unchanged; reusing it")
+        return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
     store = load_model_store(storage, vae_model)
     folder = version_folder(storage, "evaluation", evaluated)
     models = {"vae": target.model, "ae": load_trained_model(storage, autoencoder_baseline, device)}
@@ -220,7 +232,6 @@ def latent_evaluation(
     }
     metrics_path = folder / "metrics.json"
     write_json_atomic(metrics_path, report)
-    client = mlflow_tracking.activate()
     run_id = evaluated["mlflow_run_id"]
     client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
     record_evaluation(client, report)  # headline figures and their protocol on the registered version
@@ -230,27 +241,26 @@ def latent_evaluation(
 
     table = _comparison_table(vae_fig, ae_fig, descriptive, pixels, pixels_knn, pca, metrics, config, models["vae"], len(idx))
     context.log.info(f"VAE latent space: {verdict}")
-    return dg.Output(
-        report,
-        metadata={
-            "verdict": verdict,
-            "regular": regular,
-            "comparison": dg.MetadataValue.md(table),
-            "prior_samples_vae_vs_ae": png_markdown(samples_png, "prior samples: VAE beside AE"),
-            "judge_test_accuracy": round(record.test_accuracy, 4),
-            "prior_fd": round(vae_fig.prior.fd, 2),
-            "ae_prior_fd": round(ae_fig.prior.fd, 2),
-            "ae_fitted_prior_fd": round(ae_fig.fitted.fd, 2),
-            "midpoint_fd": round(vae_fig.midpoints.fd, 2),
-            "ae_midpoint_fd": round(ae_fig.midpoints.fd, 2),
-            "iwae_nll": round(metrics["eval_iwae_nll"], 3),
-            "tsne_vae": png_markdown(descriptive["vae"][1]["tsne_png"], "t-SNE of VAE latents"),
-            "tsne_autoencoder": png_markdown(descriptive["ae"][1]["tsne_png"], "t-SNE of auto-encoder codes"),
-            **{name: png_markdown(path, name) for name, path in pictures.items()},
-            "metrics_json": dg.MetadataValue.path(str(metrics_path)),
-            "model_version": evaluated["model_version"],
-        },
-    )
+    metadata = {
+        "verdict": verdict,
+        "regular": regular,
+        "comparison": dg.MetadataValue.md(table),
+        "prior_samples_vae_vs_ae": png_markdown(samples_png, "prior samples: VAE beside AE"),
+        "judge_test_accuracy": round(record.test_accuracy, 4),
+        "prior_fd": round(vae_fig.prior.fd, 2),
+        "ae_prior_fd": round(ae_fig.prior.fd, 2),
+        "ae_fitted_prior_fd": round(ae_fig.fitted.fd, 2),
+        "midpoint_fd": round(vae_fig.midpoints.fd, 2),
+        "ae_midpoint_fd": round(ae_fig.midpoints.fd, 2),
+        "iwae_nll": round(metrics["eval_iwae_nll"], 3),
+        "tsne_vae": png_markdown(descriptive["vae"][1]["tsne_png"], "t-SNE of VAE latents"),
+        "tsne_autoencoder": png_markdown(descriptive["ae"][1]["tsne_png"], "t-SNE of auto-encoder codes"),
+        **{name: png_markdown(path, name) for name, path in pictures.items()},
+        "metrics_json": dg.MetadataValue.path(str(metrics_path)),
+        "model_version": evaluated["model_version"],
+    }
+    result.save(report, metadata, pngs)
+    return dg.MaterializeResult(value=report, metadata={**metadata, "reused": False})
 
 
 def _metric(key: str, value: float):  # noqa: ANN202 - mlflow.entities.Metric

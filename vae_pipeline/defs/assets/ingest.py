@@ -8,9 +8,12 @@ import dagster as dg
 
 from vae_pipeline.core import idx, raw_source, tensor_store
 from vae_pipeline.core.config import DataConfig
+from vae_pipeline.defs.automation import on_new_data
+from vae_pipeline.defs.raw_files import RAW_FILES_ASSET
 from vae_pipeline.defs.resources import MNIST_DIR_ENV, PipelineStorage
 
 GROUP = "ingest"
+INGEST_CODE_VERSION = "3"
 
 
 class MnistRawConfig(dg.Config):
@@ -44,8 +47,8 @@ def _recorded(storage: PipelineStorage, stored: str) -> Path:
     return Path(stored) if Path(stored).is_absolute() else storage.resolve(stored)
 
 
-@dg.asset(group_name=GROUP, code_version="2")
-def mnist_raw(context: dg.AssetExecutionContext, config: MnistRawConfig, storage: PipelineStorage) -> dg.Output:
+@dg.asset(group_name=GROUP, code_version=INGEST_CODE_VERSION, deps=[RAW_FILES_ASSET], automation_condition=on_new_data())
+def mnist_raw(context: dg.AssetExecutionContext, config: MnistRawConfig, storage: PipelineStorage) -> dg.MaterializeResult:
     """The four official IDX files, located and checked against the official md5 sums."""
     DataConfig(dataset=config.dataset)  # validates the name before any file is touched
     directory, source = raw_source.locate_raw_dir(
@@ -68,8 +71,8 @@ def mnist_raw(context: dg.AssetExecutionContext, config: MnistRawConfig, storage
         "counts": raw.counts(),
     }
     context.log.info(f"read {raw.dataset} from {directory} ({source})")
-    return dg.Output(
-        manifest,
+    return dg.MaterializeResult(
+        value=manifest,
         data_version=dg.DataVersion(raw.content_version),
         metadata={
             "dataset": raw.dataset,
@@ -83,10 +86,10 @@ def mnist_raw(context: dg.AssetExecutionContext, config: MnistRawConfig, storage
     )
 
 
-@dg.asset(group_name=GROUP, code_version="2")
+@dg.asset(group_name=GROUP, code_version=INGEST_CODE_VERSION, automation_condition=on_new_data())
 def mnist_tensors(
     context: dg.AssetExecutionContext, config: MnistTensorsConfig, storage: PipelineStorage, mnist_raw: dict
-) -> dg.Output:
+) -> dg.MaterializeResult:
     """Normalized images (uint8 x 1/255), labels and a seeded train/val/test split, as safetensors.
 
     The store is filed under its content hash, so a second split lands beside the first instead
@@ -108,9 +111,9 @@ def mnist_tensors(
     context.log.info(
         f"{stored.action} {path} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.2f}s"
     )
-    return dg.Output(
-        {"path": storage.relative(path), "dataset": dataset, "content_sha256": digest, "val_size": config.val_size,
-         "split_seed": config.split_seed, "counts": {k: v["count"] for k, v in summary.items()}},
+    return dg.MaterializeResult(
+        value={"path": storage.relative(path), "dataset": dataset, "content_sha256": digest, "val_size": config.val_size,
+               "split_seed": config.split_seed, "counts": {k: v["count"] for k, v in summary.items()}},
         data_version=dg.DataVersion(digest),
         metadata={
             "path": dg.MetadataValue.path(str(path)),

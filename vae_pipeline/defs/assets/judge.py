@@ -17,6 +17,7 @@ from vae_pipeline.core.judge import (
     train_judge,
 )
 from vae_pipeline.core.tensor_store import load_tensor_store
+from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
 
@@ -51,10 +52,10 @@ def _reusable(summary_path: Any, storage: PipelineStorage) -> tuple[dict | None,
     return summary, None
 
 
-@dg.asset(group_name=GROUP, code_version=JUDGE_CODE_VERSION, kinds={"pytorch"})
+@dg.asset(group_name=GROUP, code_version=JUDGE_CODE_VERSION, kinds={"pytorch"}, automation_condition=on_new_data())
 def digit_classifier(
     context: dg.AssetExecutionContext, config: DigitClassifierConfig, storage: PipelineStorage, mnist_tensors: dict
-) -> dg.Output:
+) -> dg.MaterializeResult:
     """A small CNN trained on the training split (never on test): the judge of decoded samples, reused while the data is unchanged."""
     cfg = to_core(config, JudgeConfig)
     device = resolve_device(config.device)
@@ -87,8 +88,8 @@ def digit_classifier(
     else:
         context.log.info(f"judge {fingerprint}: config, data and code unchanged; not retraining")
         reused = True
-    return dg.Output(
-        {**summary, "reused": reused},
+    return dg.MaterializeResult(
+        value={**summary, "reused": reused},
         data_version=dg.DataVersion(fingerprint),
         metadata={
             "test_accuracy": round(summary["test_accuracy"], 4),

@@ -12,9 +12,10 @@ from safetensors.torch import save_file
 
 from vae_pipeline.core import latents, plots, reports, smoothness
 from vae_pipeline.core.atomic import atomic_path
-from vae_pipeline.core.config import EmbeddingsConfig, ReportConfig, SamplesConfig
+from vae_pipeline.core.config import EmbeddingsConfig, ReportConfig, SamplesConfig, to_dict
 from vae_pipeline.core.device import resolve_device
 from vae_pipeline.core.inference import decode_latents, encode_mean, sample_prior
+from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.lineage import (
     check_same_data,
@@ -22,9 +23,14 @@ from vae_pipeline.defs.lineage import (
     load_trained_model,
 )
 from vae_pipeline.defs.resources import PipelineStorage
+from vae_pipeline.defs.reuse import stored_result
 from vae_pipeline.defs.tracking import MlflowTracking
 
 GROUP = "outputs"
+# Bump an asset's code version when a change to its code should recompute results kept for unchanged inputs.
+EMBEDDINGS_CODE_VERSION = "2"
+SAMPLES_CODE_VERSION = "2"
+REPORT_CODE_VERSION = "2"
 
 
 def png_markdown(path: Path, alt: str) -> dg.MetadataValue:
@@ -52,18 +58,22 @@ def log_artifacts(mlflow_tracking: MlflowTracking, run_id: str, paths: list[Path
 LatentEmbeddingsConfig = dagster_config("LatentEmbeddingsConfig", "How the latents table scores each image.", EmbeddingsConfig, module=__name__)
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet"})
+@dg.asset(group_name=GROUP, code_version=EMBEDDINGS_CODE_VERSION, automation_condition=on_new_data(), kinds={"parquet"})
 def latent_embeddings(
     context: dg.AssetExecutionContext,
     config: LatentEmbeddingsConfig,
     storage: PipelineStorage,
     mnist_tensors: dict,
     vae_model: dict,
-) -> dg.Output:
+) -> dg.MaterializeResult:
     """One parquet row per image (train, val, test): mu, logvar, reconstruction NLL and KL, model version."""
     config = to_core(config, EmbeddingsConfig)
-    device = resolve_device("auto")
     check_same_data(vae_model, mnist_tensors)
+    result = stored_result(storage, "latent_embeddings", vae_model, code=EMBEDDINGS_CODE_VERSION, config=to_dict(config))
+    if (reused := result.load(context.log)) is not None:
+        context.log.info(f"v{vae_model['model_version']}'s latents are unchanged since they were written; reusing them")
+        return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
+    device = resolve_device("auto")
     model = load_trained_model(storage, vae_model, device)
     store = load_model_store(storage, vae_model)
     encoded = reports.encode_splits(model, store, device, seed=config.seed)
@@ -79,32 +89,32 @@ def latent_embeddings(
     path = latents.write_parquet(table, folder / f"v{vae_model['model_version']:04d}.parquet")
     counts = {name: len(split["label"]) for name, split in encoded.items()}
     context.log.info(f"wrote {table.num_rows} rows to {path}")
-    return dg.Output(
-        {"path": storage.relative(path), "folder": storage.relative(folder), "model_name": vae_model["model_name"],
-         "model_version": vae_model["model_version"], "rows": counts},
-        metadata={
-            "path": dg.MetadataValue.path(str(path)),
-            "folder": dg.MetadataValue.path(str(folder)),
-            "model_version": vae_model["model_version"],
-            "rows": table.num_rows,
-            "rows_per_split": dg.MetadataValue.json(counts),
-            "mean_test_recon_nll_at_mu": float(encoded["test"]["recon_nll_at_mu"].mean()),
-            "mean_test_kl": float(encoded["test"]["kl"].mean()),
-            "dagster/column_schema": dg.TableSchema(
-                columns=[dg.TableColumn(f.name, str(f.type)) for f in table.schema]
-            ),
-            "query": dg.MetadataValue.md(
-                f"```python\npd.read_parquet({str(folder)!r}, filters=[('model_version', '==', "
-                f"{vae_model['model_version']})])\n```"
-            ),
-        },
-    )
+    manifest = {"path": storage.relative(path), "folder": storage.relative(folder), "model_name": vae_model["model_name"],
+                "model_version": vae_model["model_version"], "rows": counts}
+    metadata = {
+        "path": dg.MetadataValue.path(str(path)),
+        "folder": dg.MetadataValue.path(str(folder)),
+        "model_version": vae_model["model_version"],
+        "rows": table.num_rows,
+        "rows_per_split": dg.MetadataValue.json(counts),
+        "mean_test_recon_nll_at_mu": float(encoded["test"]["recon_nll_at_mu"].mean()),
+        "mean_test_kl": float(encoded["test"]["kl"].mean()),
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(f.name, str(f.type)) for f in table.schema]
+        ),
+        "query": dg.MetadataValue.md(
+            f"```python\npd.read_parquet({str(folder)!r}, filters=[('model_version', '==', "
+            f"{vae_model['model_version']})])\n```"
+        ),
+    }
+    result.save(manifest, metadata, [path])
+    return dg.MaterializeResult(value=manifest, metadata={**metadata, "reused": False})
 
 
 PriorSamplesConfig = dagster_config("PriorSamplesConfig", "What the prior-samples asset draws and decodes.", SamplesConfig, module=__name__)
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch"})
+@dg.asset(group_name=GROUP, code_version=SAMPLES_CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch"})
 def prior_samples(
     context: dg.AssetExecutionContext,
     config: PriorSamplesConfig,
@@ -112,11 +122,15 @@ def prior_samples(
     mlflow_tracking: MlflowTracking,
     mnist_tensors: dict,
     vae_model: dict,
-) -> dg.Output:
+) -> dg.MaterializeResult:
     """Images decoded from z ~ N(0, I) (a tensor file and a PNG grid) and interpolations between test digits."""
     config = to_core(config, SamplesConfig)
-    device = resolve_device("auto")
     check_same_data(vae_model, mnist_tensors)
+    result = stored_result(storage, "prior_samples", vae_model, code=SAMPLES_CODE_VERSION, config=to_dict(config))
+    if (reused := result.load(context.log)) is not None:
+        context.log.info(f"v{vae_model['model_version']}'s samples are unchanged since they were drawn; reusing them")
+        return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
+    device = resolve_device("auto")
     model = load_trained_model(storage, vae_model, device)
     folder = version_folder(storage, "samples", vae_model)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -133,23 +147,22 @@ def prior_samples(
     frames = smoothness.decode_interpolations(partial(decode_latents, model, device=device), mu_a, mu_b, config.interpolation_steps)
     strip = plots.interpolation_strip_png(frames, folder / "interpolations.png", title="latent interpolations (mu to mu)")
     log_artifacts(mlflow_tracking, vae_model["mlflow_run_id"], [tensor_path, grid, strip], "samples")
-    return dg.Output(
-        {"tensor_path": storage.relative(tensor_path), "grid_png": storage.relative(grid),
-         "interpolations_png": storage.relative(strip),
-         "model_version": vae_model["model_version"]},
-        metadata={
-            "prior_samples": png_markdown(grid, "prior samples"),
-            "interpolations": png_markdown(strip, "interpolations"),
-            "tensor_path": dg.MetadataValue.path(str(tensor_path)),
-            "model_version": vae_model["model_version"],
-        },
-    )
+    manifest = {"tensor_path": storage.relative(tensor_path), "grid_png": storage.relative(grid),
+                "interpolations_png": storage.relative(strip), "model_version": vae_model["model_version"]}
+    metadata = {
+        "prior_samples": png_markdown(grid, "prior samples"),
+        "interpolations": png_markdown(strip, "interpolations"),
+        "tensor_path": dg.MetadataValue.path(str(tensor_path)),
+        "model_version": vae_model["model_version"],
+    }
+    result.save(manifest, metadata, [tensor_path, grid, strip])
+    return dg.MaterializeResult(value=manifest, metadata={**metadata, "reused": False})
 
 
 ReconstructionReportConfig = dagster_config("ReconstructionReportConfig", "What the reconstruction report shows.", ReportConfig, module=__name__)
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet"})
+@dg.asset(group_name=GROUP, code_version=REPORT_CODE_VERSION, automation_condition=on_new_data(), kinds={"parquet"})
 def reconstruction_report(
     context: dg.AssetExecutionContext,
     config: ReconstructionReportConfig,
@@ -158,12 +171,20 @@ def reconstruction_report(
     mnist_tensors: dict,
     vae_model: dict,
     latent_embeddings: dict,
-) -> dg.Output:
+) -> dg.MaterializeResult:
     """Per-class test reconstruction error, the worst and best reconstructions, and the change since the last version."""
     config = to_core(config, ReportConfig)
     check_same_data(vae_model, mnist_tensors)
-    rows = pd.read_parquet(storage.resolve(latent_embeddings["folder"]), columns=["image_id", "split", "label", "recon_nll_at_mu", "kl", "model_version"])
+    latents_dir = storage.resolve(latent_embeddings["folder"])
     version = vae_model["model_version"]
+    versions_present = pd.read_parquet(latents_dir, columns=["model_version"])["model_version"].unique()
+    earlier = sorted(int(v) for v in versions_present if v < version)
+    result = stored_result(storage, "reconstruction_report", vae_model, code=REPORT_CODE_VERSION, config=to_dict(config),
+                           latents=latent_embeddings["path"], previous=earlier[-1] if earlier else None)
+    if (reused := result.load(context.log)) is not None:
+        context.log.info(f"v{version}'s report is unchanged since it was written; reusing it")
+        return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
+    rows = pd.read_parquet(latents_dir, columns=["image_id", "split", "label", "recon_nll_at_mu", "kl", "model_version"])
     current = rows[rows["model_version"] == version]
     test = current[current["split"] == "test"]
     stats = reports.per_class_error_stats(test["recon_nll_at_mu"].to_numpy(), test["label"].to_numpy())
@@ -184,7 +205,6 @@ def reconstruction_report(
             pairs, folder / f"{name}_reconstructions.png", nrow=8, title=f"{name} test reconstructions (original | reconstruction)"
         )
 
-    earlier = sorted(v for v in rows["model_version"].unique() if v < version)
     metadata = {
         "per_class_recon_nll_at_mu": dg.MetadataValue.md(stats.round(3).to_markdown()),
         "mean_test_recon_nll_at_mu": float(test["recon_nll_at_mu"].mean()),
@@ -206,9 +226,8 @@ def reconstruction_report(
         stats.to_csv(tmp)
     log_artifacts(mlflow_tracking, vae_model["mlflow_run_id"], [stats_path, *galleries.values()], "reconstruction_report")
     mlflow_tracking.activate().log_metric(vae_model["mlflow_run_id"], "test_recon_nll_at_mu", float(test["recon_nll_at_mu"].mean()))
-    return dg.Output(
-        {"errors_parquet": storage.relative(errors_path), "per_class_csv": storage.relative(stats_path),
-         "galleries": {k: storage.relative(v) for k, v in galleries.items()}, "model_version": version,
-         "previous_version": int(earlier[-1]) if earlier else None},
-        metadata=metadata,
-    )
+    manifest = {"errors_parquet": storage.relative(errors_path), "per_class_csv": storage.relative(stats_path),
+                "galleries": {k: storage.relative(v) for k, v in galleries.items()}, "model_version": version,
+                "previous_version": earlier[-1] if earlier else None}
+    result.save(manifest, metadata, [errors_path, stats_path, *galleries.values()])
+    return dg.MaterializeResult(value=manifest, metadata={**metadata, "reused": False})

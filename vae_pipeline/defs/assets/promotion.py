@@ -24,6 +24,7 @@ from vae_pipeline.core.promotion import (
 )
 from vae_pipeline.core.tensor_store import TensorStore
 from vae_pipeline.defs.assets.comparison import version_comparison
+from vae_pipeline.defs.automation import on_new_data, on_new_data_after_passed_gates
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.lineage import (
     check_same_data,
@@ -40,6 +41,8 @@ from vae_pipeline.defs.tracking import (
 )
 
 GROUP = "promotion"
+PROMOTION_CODE_VERSION = "2"
+GATED = ("iwae_nll", "iwae_nll_se", "probe_accuracy", "active_units")  # the figures gate_figures returns
 PROTOCOL_TAG = "gate_protocol"  # the run tag holding the protocol its gate_* metrics were measured under
 MIN_ACTIVE_FRACTION = 0.1  # fewer active units than this share of the latent dims is posterior collapse
 
@@ -80,7 +83,19 @@ def _champion_side(
     return {"champion_version": version, "champion": figures, "champion_source": f"re-measured (was {changed})"}
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"})
+class PromotionRefused(RuntimeError):
+    """champion_model was asked to move the alias to a version whose gates did not all pass."""
+
+
+def _recorded_figures(client: MlflowClient, run_id: str, protocol: GateProtocol) -> dict[str, float] | None:
+    """The run's gate figures when they were measured under exactly `protocol` (the tag is set after the metrics)."""
+    run = client.get_run(run_id)
+    if run.data.tags.get(PROTOCOL_TAG) != protocol.to_json() or not all(f"gate_{k}" in run.data.metrics for k in GATED):
+        return None
+    return {k: run.data.metrics[f"gate_{k}"] for k in GATED}
+
+
+@dg.asset(group_name=GROUP, code_version=PROMOTION_CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch", "mlflow"})
 def champion_comparison(
     context: dg.AssetExecutionContext,
     config: ChampionComparisonConfig,
@@ -88,22 +103,26 @@ def champion_comparison(
     mlflow_tracking: MlflowTracking,
     mnist_tensors: dict,
     vae_model: dict,
-) -> dg.Output:
+) -> dg.MaterializeResult:
     """The challenger's IWAE NLL, probe accuracy and active units on the validation split, beside the champion's."""
     cfg = to_core(config, GateConfig)
     check_same_data(vae_model, mnist_tensors)
     device = resolve_device("auto")
     store = load_model_store(storage, vae_model)
-    model = load_trained_model(storage, vae_model, device)
-    protocol = protocol_for(store, model.cfg.likelihood, cfg)
-    context.log.info(f"measuring v{vae_model['model_version']} on the {protocol.split} split: IWAE k={protocol.iwae_k} "
-                     f"on {protocol.iwae_examples} images, probe on {protocol.probe_rows} training rows")
-    figures = gate_figures(model, store, protocol, device)
+    likelihood, latent_dim = vae_model["model_config"]["likelihood"], vae_model["model_config"]["latent_dim"]
+    protocol = protocol_for(store, likelihood, cfg)
     client = mlflow_tracking.activate()
     run_id = vae_model["mlflow_run_id"]
-    for key, value in figures.items():
-        client.log_metric(run_id, f"gate_{key}", value)
-    client.set_tag(run_id, PROTOCOL_TAG, protocol.to_json())
+    figures = _recorded_figures(client, run_id, protocol)
+    if figures is not None:
+        context.log.info(f"v{vae_model['model_version']} was measured under this protocol before (run {run_id}); reusing its figures")
+    else:
+        context.log.info(f"measuring v{vae_model['model_version']} on the {protocol.split} split: IWAE k={protocol.iwae_k} "
+                         f"on {protocol.iwae_examples} images, probe on {protocol.probe_rows} training rows")
+        figures = gate_figures(load_trained_model(storage, vae_model, device), store, protocol, device)
+        for key, value in figures.items():
+            client.log_metric(run_id, f"gate_{key}", value)
+        client.set_tag(run_id, PROTOCOL_TAG, protocol.to_json())  # last: it vouches for the metrics above
     comparison = Comparison(protocol=protocol, challenger=figures,
                             **_champion_side(context, client, vae_model["model_name"], protocol, store, device))
     nll_ok, nll_text = nll_gate(comparison, cfg.nll_tolerance)
@@ -112,14 +131,14 @@ def champion_comparison(
         **comparison.to_dict(),
         "model_name": vae_model["model_name"],
         "model_version": vae_model["model_version"],
-        "latent_dim": model.cfg.latent_dim,
+        "latent_dim": latent_dim,
         "gates": {"nll": [nll_ok, nll_text], "probe": [probe_ok, probe_text],
-                  "collapse": list(collapse_gate(figures["active_units"], model.cfg.latent_dim, MIN_ACTIVE_FRACTION))},
+                  "collapse": list(collapse_gate(figures["active_units"], latent_dim, MIN_ACTIVE_FRACTION))},
     }
     record_gates(client, manifest)  # the registry says how the version measured and whether it passed, failures too
     champion = comparison.champion or {}
-    return dg.Output(
-        manifest,
+    return dg.MaterializeResult(
+        value=manifest,
         metadata={
             "model_version": vae_model["model_version"],
             "champion_version": comparison.champion_version or 0,
@@ -171,21 +190,29 @@ def no_posterior_collapse(champion_comparison: dict) -> dg.AssetCheckResult:
 
 
 # After version_comparison: its default baseline is the champion before this run moves the alias.
-@dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=[version_comparison])
+@dg.asset(group_name=GROUP, code_version=PROMOTION_CODE_VERSION, automation_condition=on_new_data_after_passed_gates(),
+          kinds={"mlflow"}, deps=[version_comparison])
 def champion_model(
     context: dg.AssetExecutionContext, mlflow_tracking: MlflowTracking, vae_model: dict, champion_comparison: dict
-) -> dg.Output:
+) -> dg.MaterializeResult:
     """The registered version serving as champion: moved only after the promotion gates passed."""
-    client = mlflow_tracking.activate()
     name, version = vae_model["model_name"], vae_model["model_version"]
+    if champion_comparison["model_version"] != version:
+        raise PromotionRefused(f"champion_comparison measured v{champion_comparison['model_version']}, not v{version}; "
+                               "materialize champion_comparison with this vae_model first.")
+    failed = {gate: text for gate, (passed, text) in champion_comparison["gates"].items() if not passed}
+    if failed:  # blocking checks stop this step only in their own run; a later run must not promote either
+        raise PromotionRefused(f"v{version} did not pass the promotion gates ({'; '.join(f'{g}: {t}' for g, t in failed.items())}); "
+                               "the champion alias stays where it is.")
+    client = mlflow_tracking.activate()
     previous = version_by_alias(client, name, CHAMPION)
     client.set_registered_model_alias(name, CHAMPION, str(version))
     why = record_promotion(client, name, version, int(previous.version) if previous else None, champion_comparison)
     context.log.info(f"{name} v{version} is champion (was {previous.version if previous else 'none'}): {why}")
     figures = champion_comparison["challenger"]
-    return dg.Output(
-        {"model_name": name, "model_version": version, "previous_version": int(previous.version) if previous else None,
-         "model_uri": f"models:/{name}@{CHAMPION}"},
+    return dg.MaterializeResult(
+        value={"model_name": name, "model_version": version, "previous_version": int(previous.version) if previous else None,
+               "model_uri": f"models:/{name}@{CHAMPION}"},
         metadata={"model_name": name, "model_version": version,
                   "previous_champion": int(previous.version) if previous else 0,
                   "val_iwae_nll": figures["iwae_nll"], "val_probe_accuracy": figures["probe_accuracy"], "promotion": why},

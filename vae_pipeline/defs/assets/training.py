@@ -24,6 +24,7 @@ from vae_pipeline.core.device import resolve_device
 from vae_pipeline.core.model import build_model
 from vae_pipeline.core.tensor_store import load_tensor_store
 from vae_pipeline.core.train import fit
+from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.progress import DagsterProgressLogger
 from vae_pipeline.defs.registry import describe_version
@@ -294,14 +295,14 @@ def _metadata(manifest: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-@dg.asset(group_name=GROUP, code_version=TRAINING_CODE_VERSION, kinds={"pytorch", "mlflow"})
+@dg.asset(group_name=GROUP, code_version=TRAINING_CODE_VERSION, kinds={"pytorch", "mlflow"}, automation_condition=on_new_data())
 def vae_model(
     context: dg.AssetExecutionContext,
     config: VaeTrainingConfig,
     storage: PipelineStorage,
     mlflow_tracking: MlflowTracking,
     mnist_tensors: dict,
-) -> dg.Output:
+) -> dg.MaterializeResult:
     """The trained VAE: checkpoint, MLflow run, and a new registered model version (alias challenger)."""
     model_cfg, train_cfg = to_core(config, ModelConfig), to_core(config, TrainConfig)  # invalid config fails here, before any work
     device = resolve_device(config.device)
@@ -317,17 +318,18 @@ def vae_model(
         register_as=f"{mlflow_tracking.registered_model_prefix}-{mnist_tensors['dataset']}",
     )
     describe_version(mlflow_tracking.activate(), manifest, mlflow_tracking.dagster_run_url)  # reused versions too
-    return dg.Output(manifest, metadata=_metadata(manifest), data_version=dg.DataVersion(manifest["fingerprint"]))
+    # The fingerprint (config, data, code, device) is the data version: downstream updates exactly when it changes.
+    return dg.MaterializeResult(value=manifest, metadata=_metadata(manifest), data_version=dg.DataVersion(manifest["fingerprint"]))
 
 
-@dg.asset(group_name=GROUP, code_version=TRAINING_CODE_VERSION, kinds={"pytorch", "mlflow"})
+@dg.asset(group_name=GROUP, code_version=TRAINING_CODE_VERSION, kinds={"pytorch", "mlflow"}, automation_condition=on_new_data())
 def autoencoder_baseline(
     context: dg.AssetExecutionContext,
     storage: PipelineStorage,
     mlflow_tracking: MlflowTracking,
     mnist_tensors: dict,
     vae_model: dict,
-) -> dg.Output:
+) -> dg.MaterializeResult:
     """A plain deterministic auto-encoder with the VAE's architecture and optimiser, for comparison."""
     model_cfg = dataclasses.replace(from_dict(ModelConfig, vae_model["model_config"]), variational=False)
     train_cfg = from_dict(TrainConfig, vae_model["train_config"])
@@ -342,4 +344,5 @@ def autoencoder_baseline(
         mlflow_tracking=mlflow_tracking,
         register_as=None,
     )
-    return dg.Output(manifest, metadata=_metadata(manifest), data_version=dg.DataVersion(manifest["fingerprint"]))
+    # The fingerprint (config, data, code, device) is the data version: downstream updates exactly when it changes.
+    return dg.MaterializeResult(value=manifest, metadata=_metadata(manifest), data_version=dg.DataVersion(manifest["fingerprint"]))
