@@ -31,7 +31,7 @@ def worker_pid(instance: DagsterInstance, run_id: str) -> int | None:
 def worker_health(pid: int | None, run_started_at: float | None) -> CheckRunHealthResult:
     """Whether process `pid`, the worker of a run that started at `run_started_at` (epoch seconds), still runs."""
     if pid is None:
-        # A run executed inside another process (the CLI's `dagster asset materialize`) has no
+        # A run executed inside another process (the CLI's `dg launch`) has no
         # separate worker to look at; it is not reported dead on a guess.
         return CheckRunHealthResult(WorkerStatus.RUNNING, "no run worker pid recorded; not checked")
     try:
