@@ -49,6 +49,15 @@ def check_same_data(model: dict[str, Any], mnist_tensors: dict[str, Any]) -> Non
         )
 
 
+def check_judge_data(digit_classifier: dict[str, Any], mnist_tensors: dict[str, Any]) -> None:
+    """Fail when the judge handed downstream was trained on another data version than this run's store."""
+    if digit_classifier["data_version"] != mnist_tensors["content_sha256"]:
+        raise LineageError(
+            f"the judge was trained on data version {digit_classifier['data_version'][:12]}, but this run's "
+            f"mnist_tensors is {mnist_tensors['content_sha256'][:12]}; materialize digit_classifier with this run's mnist_tensors."
+        )
+
+
 def load_trained_model(storage: PipelineStorage, model: dict[str, Any], device: torch.device) -> VAE:
     """The model a training manifest names, refused by name if its checkpoint is of the wrong kind."""
     return load_model(storage.resolve(model["checkpoint"]), device, variational=model["role"] == "vae")

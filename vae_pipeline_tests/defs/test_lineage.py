@@ -70,3 +70,12 @@ def test_a_store_with_other_data_at_the_models_path_is_refused(tmp_path: Path, m
     (tmp_path / vae["store_path"]).unlink()
     with pytest.raises(LineageError, match="which is gone; re-materialize mnist_tensors"):
         load_model_store(PipelineStorage(data_dir=str(tmp_path)), vae)
+
+
+def test_a_judge_trained_on_other_data_is_refused_by_name() -> None:
+    from vae_pipeline.defs.lineage import check_judge_data
+
+    judge, tensors = {"data_version": "a" * 64}, {"content_sha256": "b" * 64}
+    with pytest.raises(LineageError, match=r"judge was trained on data version aaaaaaaaaaaa, but this run's mnist_tensors is bbbbbbbbbbbb"):
+        check_judge_data(judge, tensors)
+    check_judge_data({"data_version": "b" * 64}, tensors)  # the same data: no error

@@ -28,7 +28,7 @@ from vae_pipeline.defs import versions
 from vae_pipeline.defs.assets.outputs import png_markdown
 from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
-from vae_pipeline.defs.lineage import LineageError, check_same_data, load_model_store
+from vae_pipeline.defs.lineage import check_judge_data, check_same_data, load_model_store
 from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
 from vae_pipeline.defs.tracking import CHAMPION, MlflowTracking
 
@@ -92,9 +92,7 @@ def version_comparison(
     """Two versions side by side on the test split: NLL, reconstruction per class, probe, prior samples, one protocol."""
     cfg = to_core(config, ComparisonConfig)
     check_same_data(vae_model, mnist_tensors)
-    if digit_classifier["data_version"] != mnist_tensors["content_sha256"]:
-        raise LineageError(f"the judge was trained on data version {digit_classifier['data_version'][:12]}, this run's "
-                           f"store is {mnist_tensors['content_sha256'][:12]}; materialize digit_classifier with it.")
+    check_judge_data(digit_classifier, mnist_tensors)
     device = resolve_device("auto")
     client = mlflow_tracking.activate()
     name = vae_model["model_name"]

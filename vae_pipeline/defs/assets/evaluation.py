@@ -28,7 +28,7 @@ from vae_pipeline.core.tensor_store import TensorStore
 from vae_pipeline.defs.assets.outputs import png_markdown, version_folder
 from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
-from vae_pipeline.defs.lineage import LineageError, check_same_data, load_model_store, load_trained_model
+from vae_pipeline.defs.lineage import check_judge_data, check_same_data, load_model_store, load_trained_model
 from vae_pipeline.defs.registry import record_evaluation
 from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
 from vae_pipeline.defs.reuse import stored_result
@@ -138,9 +138,7 @@ def latent_evaluation(
     config_ref, config = config.model_version, to_core(config, EvaluationConfig)
     for model in (vae_model, autoencoder_baseline):
         check_same_data(model, mnist_tensors)
-    if digit_classifier["data_version"] != vae_model["data_version"]:
-        raise LineageError(f"the judge was trained on data version {digit_classifier['data_version'][:12]}, the VAE on "
-                           f"{vae_model['data_version'][:12]}; materialize digit_classifier with this run's mnist_tensors.")
+    check_judge_data(digit_classifier, mnist_tensors)
     device = resolve_device("auto")
     client = mlflow_tracking.activate()
     target = versions.resolve(client, storage, vae_model, config_ref, device)
