@@ -1,0 +1,111 @@
+"""Model variants of a sweep: a key per variant (z20-b1-bern) and the sweep file that lists them.
+
+A variant fixes what a sweep varies (latent size, beta, likelihood); everything else comes from
+the base training config. The key is readable, sortable by eye and a valid Dagster partition key,
+and it round-trips: `Variant.from_key(v.key) == v`. A sweep file (YAML) lists variants explicitly,
+as a grid, or both; every variant is validated by the configs it will be trained with, so a bad
+value fails when the file is read, naming the variant.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vae_pipeline.core.config import ConfigError, ModelConfig, TrainConfig
+
+LIKELIHOOD_CODES = {"bernoulli": "bern", "gaussian": "gauss"}
+_KEY = re.compile(r"z(?P<latent_dim>[1-9]\d*)-b(?P<beta>\d+(?:\.\d+)?)-(?P<likelihood>[a-z]+)")
+
+
+def _beta_text(beta: float) -> str:
+    """1.0 -> "1", 0.5 -> "0.5": the shortest exact decimal, so keys stay readable and unique."""
+    return f"{beta:g}" if float(f"{beta:g}") == beta else repr(beta)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What one model of a sweep varies; the rest of its config is the base config."""
+
+    latent_dim: int
+    beta: float
+    likelihood: str
+
+    def __post_init__(self) -> None:
+        # The configs the variant is trained with check the values (and name the fix).
+        ModelConfig(latent_dim=self.latent_dim, likelihood=self.likelihood)
+        TrainConfig(beta=self.beta)
+        if "e" in _beta_text(self.beta):
+            raise ConfigError(f"beta={self.beta} has no short decimal form for a variant key; use e.g. 0.001 or 4.")
+
+    @property
+    def key(self) -> str:
+        return f"z{self.latent_dim}-b{_beta_text(self.beta)}-{LIKELIHOOD_CODES[self.likelihood]}"
+
+    @classmethod
+    def from_key(cls, key: str) -> Variant:
+        match = _KEY.fullmatch(key)
+        codes = {code: name for name, code in LIKELIHOOD_CODES.items()}
+        if match is None or match["likelihood"] not in codes:
+            raise ConfigError(
+                f"variant key {key!r} is not of the form z<latent_dim>-b<beta>-<{'|'.join(codes)}>, e.g. z20-b1-bern."
+            )
+        return cls(int(match["latent_dim"]), float(match["beta"]), codes[match["likelihood"]])
+
+    def model_overrides(self) -> dict[str, Any]:
+        return {"latent_dim": self.latent_dim, "likelihood": self.likelihood}
+
+    def train_overrides(self) -> dict[str, Any]:
+        return {"beta": self.beta}
+
+
+def _variant(entry: Any, where: str) -> Variant:
+    if not isinstance(entry, dict) or set(entry) - {"latent_dim", "beta", "likelihood"}:
+        raise ConfigError(f"{where}: {entry!r} must be a mapping of latent_dim, beta and likelihood.")
+    try:
+        return Variant(
+            latent_dim=int(entry.get("latent_dim", ModelConfig.latent_dim)),
+            beta=float(entry.get("beta", TrainConfig.beta)),
+            likelihood=str(entry.get("likelihood", ModelConfig.likelihood)),
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def parse_sweep(document: Any, source: str = "the sweep") -> list[Variant]:
+    """The variants a sweep document names (`variants:` a list, `grid:` lists per field), in order, without repeats."""
+    if not isinstance(document, dict) or not set(document) & {"variants", "grid"} or set(document) - {"variants", "grid"}:
+        raise ConfigError(f"{source} must be a mapping with `variants:` (a list) and/or `grid:` (lists per field).")
+    found: list[Variant] = [_variant(e, f"{source}, variants[{i}]") for i, e in enumerate(document.get("variants") or [])]
+    grid = document.get("grid") or {}
+    if grid:
+        if not isinstance(grid, dict) or set(grid) - {"latent_dim", "beta", "likelihood"}:
+            raise ConfigError(f"{source}, grid: {grid!r} must map latent_dim, beta and/or likelihood to lists.")
+        fields = [f for f in ("latent_dim", "beta", "likelihood") if f in grid]  # the key's order: z, then b
+        values = [grid[f] if isinstance(grid[f], list) else [grid[f]] for f in fields]
+        found += [_variant(dict(zip(fields, combo)), f"{source}, grid {dict(zip(fields, combo))}") for combo in itertools.product(*values)]
+    keys = [v.key for v in found]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ConfigError(f"{source} names {', '.join(repeated)} more than once; list each variant once.")
+    if not found:
+        raise ConfigError(f"{source} names no variant.")
+    return found
+
+
+def load_sweep(path: Path | str) -> list[Variant]:
+    """The variants of a sweep file (YAML), checked."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"sweep file {path} does not exist; create it (see sweeps/default.yaml).") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"sweep file {path} is not valid YAML: {exc}") from exc
+    return parse_sweep(document, source=f"sweep file {path}")
+
