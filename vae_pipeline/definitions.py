@@ -33,7 +33,7 @@ defs = dg.Definitions(
     # No schedule: the raw folder is observed and assets update on new data (defs/automation.py).
     sensors=[observe_raw_files, automation_sensor, end_mlflow_runs_of_failed_runs],
     resources=default_resources(),
-    # In-process by default, multiprocess through the run config; every asset's config is checked
-    # before the first step either way (defs/validation.py).
+    # In-process by default, multiprocess or Celery through the run config; every asset's config is
+    # checked before the first step under each (defs/validation.py).
     executor=checked_executor,
 )

@@ -3,16 +3,18 @@
 Dagster checks run config against the schema (types, unknown fields) when a run is launched, but
 not the values: `iwae_k: 0` is a valid int. Each asset also validates its own config when it
 starts, which in a whole-graph run is after ingest and training. So the code location's executor
-checks every asset's config first: whichever executor the run uses (in-process or multiprocess,
-chosen in the run config's `execution` section), it is wrapped so that a run launched from the
-UI, GraphQL, the CLI or a schedule fails with the field and the fix before its first step. The
-checks are the core configs' own validation; nothing new here.
+checks every asset's config first: whichever executor the run uses (in-process, multiprocess or
+Celery, chosen in the run config's `execution` section), it is wrapped so that a run launched from
+the UI, GraphQL, the CLI or a schedule fails with the field and the fix before its first step (and,
+under Celery, before the broker is contacted). The checks are the core configs' own validation;
+nothing new here.
 """
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
+from dagster_celery import celery_executor
 from pydantic import ValidationError
 
 from vae_pipeline.core.config import (
@@ -110,6 +112,13 @@ class _CheckedExecutor(dg.Executor):
     def step_dependency_config(self):
         return self._inner.step_dependency_config
 
+    def __getattr__(self, name: str) -> Any:
+        # The rest of the inner executor's interface: Celery's execution loop reads the broker from
+        # `plan_context.executor.app_args()`, and `plan_context.executor` is this wrapper.
+        if name == "_inner":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
     def execute(self, plan_context, execution_plan) -> Iterator[dg.DagsterEvent]:
         check_run_config(plan_context.run_config)  # raising here fails the run before its first step
         yield from self._inner.execute(plan_context, execution_plan)
@@ -131,21 +140,54 @@ def checked(executor: dg.ExecutorDefinition, *, name: str | None = None, config_
     )
 
 
-# The code location's executor: one process per run by default (on a 2-core machine a process
-# per step costs more in imports than it buys), Dagster's multiprocess executor when the run
-# config says `execution: {config: {multiprocess: {max_concurrent: N}}}`. Checked either way.
-checked_executor = checked(
-    dg.multi_or_in_process_executor,
-    name="in_process_or_multiprocess",
-    config_schema=dg.Field(
-        dg.Selector(
-            {
-                "in_process": dg.in_process_executor.config_schema.as_field(),
-                "multiprocess": dg.multiprocess_executor.config_schema.as_field(),
-            }
+def one_of(executors: Mapping[str, dg.ExecutorDefinition], *, name: str, default: str,
+           description: str) -> dg.ExecutorDefinition:
+    """One of `executors`, chosen by the run config's key: `execution: {config: {<key>: <that executor's config>}}`."""
+
+    def chosen(config: Mapping[str, Any]) -> tuple[dg.ExecutorDefinition, Mapping[str, Any]]:
+        ((key, executor_config),) = config.items()  # a Selector: exactly one key
+        return executors[key], executor_config or {}
+
+    def requirements(config: Mapping[str, Any]) -> Sequence[dg.ExecutorRequirement]:
+        executor, executor_config = chosen(config)
+        return executor.get_requirements(executor_config)
+
+    def create(init_context: dg.InitExecutorContext) -> dg.Executor:
+        executor, executor_config = chosen(init_context.executor_config)
+        return executor.executor_creation_fn(
+            dg.InitExecutorContext(
+                job=init_context.job, executor_def=executor, executor_config=executor_config, instance=init_context.instance
+            )
+        )
+
+    return dg.ExecutorDefinition(
+        name=name,
+        config_schema=dg.Field(
+            dg.Selector({key: executor.config_schema.as_field() for key, executor in executors.items()}),
+            default_value={default: {}},
         ),
-        default_value={"in_process": {}},
+        requirements=requirements,
+        executor_creation_fn=create,
+        description=description,
+    )
+
+
+# The code location's executor: one process per run by default (on a 2-core machine a process
+# per step costs more in imports than it buys); Dagster's multiprocess executor with
+# `execution: {config: {multiprocess: {max_concurrent: N}}}`; dagster-celery's executor with
+# `execution: {config: {celery: {broker: redis://..., backend: redis://...}}}`, each step a Celery
+# task that a worker (`dagster-celery worker start`, on this or another machine) runs. Each key
+# takes that executor's own config. Checked whichever it is.
+checked_executor = checked(
+    one_of(
+        {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor, "celery": celery_executor},
+        name="in_process_multiprocess_or_celery",
+        default="in_process",
+        description="Runs all steps in one process (default), one process per step, or as Celery tasks on workers.",
     ),
-    description="Checks every asset's config, then runs all steps in one process (default) or one process per step.",
+    description=(
+        "Checks every asset's config, then runs all steps in one process (default), one process per step, "
+        "or as Celery tasks on workers."
+    ),
 )
 checked_in_process_executor = checked(dg.in_process_executor)

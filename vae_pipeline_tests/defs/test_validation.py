@@ -94,6 +94,52 @@ class TestCheckRunConfig:
             check_run_config({"ops": {"mnist_raw": {"config": {"dataset": "cifar"}}}})
 
 
+class TestExecutorChoice:
+    """The code location's executor: in-process by default, multiprocess or Celery through the run config."""
+
+    @staticmethod
+    def _execution(execution: dict | None) -> dict:
+        """The executor config a launch makes of `execution.config` (None: the run config has no `execution`)."""
+        from vae_pipeline.definitions import defs
+
+        job = defs.resolve_job_def("vae_pipeline_job")
+        checked = dg.validate_run_config(job, {} if execution is None else {"execution": {"config": execution}})
+        return checked["execution"][job.executor_def.name]
+
+    def test_in_process_is_the_default(self) -> None:
+        assert set(self._execution(None)) == {"in_process"}
+
+    def test_multiprocess_and_celery_are_accepted(self) -> None:
+        assert self._execution({"multiprocess": {"max_concurrent": 2}})["multiprocess"]["max_concurrent"] == 2
+        celery = self._execution({"celery": {"broker": "redis://127.0.0.1:6379/0", "backend": "redis://127.0.0.1:6379/1"}})
+        assert celery["celery"]["broker"] == "redis://127.0.0.1:6379/0"
+        assert celery["celery"]["backend"] == "redis://127.0.0.1:6379/1"
+
+    def test_the_broker_can_come_from_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:6380/0")
+        assert self._execution({"celery": {"broker": {"env": "CELERY_BROKER_URL"}}})["celery"]["broker"] == "redis://127.0.0.1:6380/0"
+
+    def test_a_misspelt_celery_field_is_refused_at_launch(self) -> None:
+        with pytest.raises(dg.DagsterInvalidConfigError, match='unexpected config entry "brokr" at path root:execution:config:celery'):
+            self._execution({"celery": {"brokr": "redis://127.0.0.1:6379/0"}})
+
+    def test_each_choice_builds_its_executor_behind_the_check(self, data_dir: Path) -> None:
+        from vae_pipeline.definitions import defs
+
+        executor_def = defs.resolve_job_def("vae_pipeline_job").executor_def
+        expected = {"in_process": "InProcessExecutor", "multiprocess": "MultiprocessExecutor", "celery": "CeleryExecutor"}
+        with dg.instance_for_test() as instance:
+            for key, cls in expected.items():
+                config = self._execution({key: {"broker": "redis://127.0.0.1:6379/0"} if key == "celery" else {}})
+                executor = executor_def.executor_creation_fn(
+                    dg.InitExecutorContext(job=dg.reconstructable(checked_job), executor_def=executor_def,
+                                           executor_config=config, instance=instance)
+                )
+                assert type(executor._inner).__name__ == cls  # the chosen one, behind the config check
+        # Celery's execution loop reads the broker from the executor it is given: the wrapper
+        assert executor.app_args()["broker"] == "redis://127.0.0.1:6379/0"
+
+
 def checked_job() -> dg.JobDefinition:
     """The pipeline job with the code location's executor, on $VAE_PIPELINE_DATA_DIR (for dg.reconstructable).
 
@@ -125,6 +171,19 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield data_dir
 
 
+def _unreachable_broker() -> dict[str, object]:
+    """Celery executor config naming a Redis broker and backend on a port that nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return {
+        "broker": f"redis://127.0.0.1:{port}/0",
+        "backend": f"redis://127.0.0.1:{port}/1",
+        # Give up on the result store after one retry (Celery's default, 20 retries a second apart, takes 20 s).
+        "config_source": {"result_backend_transport_options": {"retry_policy": {"max_retries": 1}}},
+    }
+
+
 def _run_without_steps(run_config: dict) -> str:
     """Run the whole graph; assert it failed before any step started; return the failure's text."""
     with dg.instance_for_test() as instance:
@@ -145,15 +204,24 @@ class TestRunFailsBeforeAnyStep:
             assert words in message
         assert _files(data_dir) == []
 
-    @pytest.mark.parametrize("execution", ["in_process", "multiprocess"])
+    @pytest.mark.parametrize("execution", ["in_process", "multiprocess", "celery"])
     def test_bad_evaluation_config_fails_before_training_under_every_executor(
         self, execution: str, data_dir: Path, mnist_slice_dir: Path
     ) -> None:
         config = run_config(mnist_slice_dir).to_config_dict()
         config["ops"]["latent_evaluation"]["config"]["iwae_k"] = 0
-        config["execution"] = {"config": {execution: {}}}
+        config["execution"] = {"config": {execution: _unreachable_broker() if execution == "celery" else {}}}
         message = _run_without_steps(config)
         assert "ops.latent_evaluation.config: iwae_k=0 must be at least 1" in message
+        assert "celery" not in message.lower()  # the broker was never contacted (it would have failed: see below)
+        assert _files(data_dir) == []
+
+    def test_under_celery_a_good_config_gets_as_far_as_the_broker(self, data_dir: Path, mnist_slice_dir: Path) -> None:
+        """The control for the test above: with nothing wrong, the same run fails only at the unreachable broker."""
+        config = run_config(mnist_slice_dir).to_config_dict()
+        config["execution"] = {"config": {"celery": _unreachable_broker()}}
+        message = _run_without_steps(config)
+        assert "Celery result store" in message and "Connection refused" in message, message
         assert _files(data_dir) == []
 
     def test_unreachable_tracking_server(self, data_dir: Path, mnist_slice_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
