@@ -190,4 +190,3 @@ checked_executor = checked(
         "or as Celery tasks on workers."
     ),
 )
-checked_in_process_executor = checked(dg.in_process_executor)
