@@ -120,7 +120,12 @@ class _CheckedExecutor(dg.Executor):
         return getattr(self._inner, name)
 
     def execute(self, plan_context, execution_plan) -> Iterator[dg.DagsterEvent]:
-        check_run_config(plan_context.run_config)  # raising here fails the run before its first step
+        try:
+            check_run_config(plan_context.run_config)  # raising here fails the run before its first step
+        except ConfigError:
+            # That fails the run, not a step, so run retries would repeat it; the same config fails again.
+            plan_context.instance.add_run_tags(plan_context.run_id, {"dagster/max_retries": "0"})
+            raise
         yield from self._inner.execute(plan_context, execution_plan)
 
 

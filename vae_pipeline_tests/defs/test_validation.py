@@ -184,13 +184,18 @@ def _unreachable_broker() -> dict[str, object]:
     }
 
 
-def _run_without_steps(run_config: dict) -> str:
-    """Run the whole graph; assert it failed before any step started; return the failure's text."""
+def _run_without_steps(run_config: dict, *, config_error: bool = False) -> str:
+    """Run the whole graph; assert it failed before any step started; return the failure's text.
+
+    With `config_error`, also that the run is marked not to be retried: the same config fails again.
+    """
     with dg.instance_for_test() as instance:
         result = dg.execute_job(dg.reconstructable(checked_job), instance, run_config=run_config)
         assert not result.success
         assert [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START] == []
         failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+        if config_error:
+            assert instance.get_run_by_id(result.run_id).tags.get("dagster/max_retries") == "0"
         return str(failure.event_specific_data.error)
 
 
@@ -199,7 +204,7 @@ class TestRunFailsBeforeAnyStep:
 
     @pytest.mark.parametrize("case", sorted(BAD_TRAINING))
     def test_bad_training_config(self, case: str, data_dir: Path, mnist_slice_dir: Path) -> None:
-        message = _run_without_steps(_bad_config(case, mnist_slice_dir))
+        message = _run_without_steps(_bad_config(case, mnist_slice_dir), config_error=True)
         for words in BAD_TRAINING[case][1]:
             assert words in message
         assert _files(data_dir) == []
@@ -211,7 +216,7 @@ class TestRunFailsBeforeAnyStep:
         config = run_config(mnist_slice_dir).to_config_dict()
         config["ops"]["latent_evaluation"]["config"]["iwae_k"] = 0
         config["execution"] = {"config": {execution: _unreachable_broker() if execution == "celery" else {}}}
-        message = _run_without_steps(config)
+        message = _run_without_steps(config, config_error=True)
         assert "ops.latent_evaluation.config: iwae_k=0 must be at least 1" in message
         assert "celery" not in message.lower()  # the broker was never contacted (it would have failed: see below)
         assert _files(data_dir) == []
