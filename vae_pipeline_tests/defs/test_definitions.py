@@ -1,10 +1,14 @@
-"""The code location loads, and shows every asset with a description and a group."""
+"""The code location loads, shows every asset with a description and a group, and fits the scripts' instance."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import dagster as dg
 
 from vae_pipeline.definitions import defs
+from vae_pipeline_tests.conftest import REPO_ROOT
 
 
 def test_definitions_load_and_describe_every_asset() -> None:
@@ -44,3 +48,17 @@ def test_automation_and_raw_file_sensors_are_on_by_default_and_no_blind_schedule
 def test_the_failed_run_sensor_is_on_by_default() -> None:
     sensor = defs.resolve_sensor_def("end_mlflow_runs_of_failed_runs")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_the_assets_that_train_share_a_pool_and_the_scripts_instance_retries_dead_runs(tmp_path: Path) -> None:
+    graph = defs.resolve_asset_graph()
+    in_pool = {k.to_user_string() for k in graph.materializable_asset_keys if "gpu" in graph.get(k).pools}
+    assert in_pool == {"vae_model", "autoencoder_baseline", "digit_classifier"}  # evaluation stays outside it
+    shutil.copy(REPO_ROOT / "deploy" / "local" / "dagster.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        # No limit here: CLI runs are not monitored, and a killed one's slot would block training for good.
+        assert instance.get_concurrency_config().pool_config.default_pool_limit is None
+        # a dead worker's runs are retried and its pool slots freed; a step that raised is not retried
+        assert instance.run_retries_enabled and instance.run_retries_max_retries >= 1
+        assert not instance.run_retries_retry_on_asset_or_op_failure
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0

@@ -52,7 +52,8 @@ def _reusable(summary_path: Any, storage: PipelineStorage) -> tuple[dict | None,
     return summary, None
 
 
-@dg.asset(group_name=GROUP, code_version=JUDGE_CODE_VERSION, kinds={"pytorch"}, automation_condition=on_new_data())
+@dg.asset(group_name=GROUP, code_version=JUDGE_CODE_VERSION, kinds={"pytorch"}, automation_condition=on_new_data(),
+          pool="gpu")  # trains on the accelerator: a deployment with the daemon runs one such step at a time
 def digit_classifier(
     context: dg.AssetExecutionContext, config: DigitClassifierConfig, storage: PipelineStorage, mnist_tensors: dict
 ) -> dg.MaterializeResult:

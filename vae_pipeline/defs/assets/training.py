@@ -295,7 +295,8 @@ def _metadata(manifest: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-@dg.asset(group_name=GROUP, code_version=TRAINING_CODE_VERSION, kinds={"pytorch", "mlflow"}, automation_condition=on_new_data())
+@dg.asset(group_name=GROUP, code_version=TRAINING_CODE_VERSION, kinds={"pytorch", "mlflow"}, automation_condition=on_new_data(),
+          pool="gpu")  # trains on the accelerator: a deployment with the daemon runs one such step at a time
 def vae_model(
     context: dg.AssetExecutionContext,
     config: VaeTrainingConfig,
@@ -322,7 +323,8 @@ def vae_model(
     return dg.MaterializeResult(value=manifest, metadata=_metadata(manifest), data_version=dg.DataVersion(manifest["fingerprint"]))
 
 
-@dg.asset(group_name=GROUP, code_version=TRAINING_CODE_VERSION, kinds={"pytorch", "mlflow"}, automation_condition=on_new_data())
+@dg.asset(group_name=GROUP, code_version=TRAINING_CODE_VERSION, kinds={"pytorch", "mlflow"}, automation_condition=on_new_data(),
+          pool="gpu")  # trains on the accelerator: a deployment with the daemon runs one such step at a time
 def autoencoder_baseline(
     context: dg.AssetExecutionContext,
     storage: PipelineStorage,
