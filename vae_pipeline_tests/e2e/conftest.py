@@ -7,6 +7,7 @@ check that the defaults bind the loopback interface only.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -165,10 +166,14 @@ class DagsterDev:
 
         return DagsterGraphQLClient("127.0.0.1", port_number=self.server.port, timeout=60)
 
-    def launch(self, config: dict[str, Any], job: str = "vae_pipeline_job") -> str:
-        """Launch a run of `job` through the GraphQL API (the dagster-graphql client); returns its id."""
+    def launch(
+        self, config: dict[str, Any], job: str = "vae_pipeline_job", tags: dict[str, str] | None = None,
+        assets: list[str] | None = None,
+    ) -> str:
+        """Launch a run of `job` (or of its `assets`) through the GraphQL API (the dagster-graphql client); returns its id."""
         return self.client().submit_job_execution(
-            job, repository_location_name="vae_pipeline", repository_name="__repository__", run_config=config
+            job, repository_location_name="vae_pipeline", repository_name="__repository__", run_config=config,
+            tags=tags, asset_selection=assets,
         )
 
     def wait(self, run_id: str, timeout_s: float = 300) -> str:
@@ -189,6 +194,11 @@ class DagsterDev:
             {"runId": run_id},
         )
         return data["logsForRun"]["events"]
+
+
+def manifest(data_dir: Path, asset: str, run_id: str) -> dict[str, Any]:
+    """What `asset` handed downstream in run `run_id` (its IO manager's JSON record)."""
+    return json.loads((data_dir / "manifests" / asset / f"{run_id}.json").read_text())
 
 
 LOCATION_QUERY = """{ workspaceOrError { __typename ... on Workspace { locationEntries {

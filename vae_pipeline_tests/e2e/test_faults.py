@@ -21,7 +21,7 @@ import torch
 from vae_pipeline.core.checkpoint import load_checkpoint
 from vae_pipeline.core.train import TIMING_KEYS
 from vae_pipeline_tests.conftest import REPO_ROOT
-from vae_pipeline_tests.e2e.conftest import ARTIFACTS, DagsterDev, child_env, mlflow_client
+from vae_pipeline_tests.e2e.conftest import ARTIFACTS, DagsterDev, child_env, manifest, mlflow_client
 
 pytestmark = pytest.mark.slow
 
@@ -169,10 +169,6 @@ class TestCrashBetweenRegisteringAndFinishing:
         assert len(client.search_logged_models(experiment_ids=[experiment])) == 1  # the model was logged once too
 
 
-def _manifest(data_dir: Path, asset: str, run_id: str) -> dict[str, Any]:
-    return json.loads((data_dir / "manifests" / asset / f"{run_id}.json").read_text())
-
-
 class TestTwoMaterializationsAtOnce:
     def test_through_dagster_dev_and_the_mlflow_server(
         self, dagster_dev: DagsterDev, tiny_config: Callable[..., dict[str, Any]], first_run: str
@@ -193,10 +189,10 @@ class TestTwoMaterializationsAtOnce:
                 assert failure["stepKey"].endswith("_than_champion"), failure
                 assert "blocking asset check failed" in failure["error"]["message"], failure
             assert status == "SUCCESS" or "champion_model" not in materialized
-            vae = _manifest(data_dir, "vae_model", run_id)
-            latents = _manifest(data_dir, "latent_embeddings", run_id)
-            samples = _manifest(data_dir, "prior_samples", run_id)
-            report = _manifest(data_dir, "reconstruction_report", run_id)
+            vae = manifest(data_dir, "vae_model", run_id)
+            latents = manifest(data_dir, "latent_embeddings", run_id)
+            samples = manifest(data_dir, "prior_samples", run_id)
+            report = manifest(data_dir, "reconstruction_report", run_id)
             assert vae["reused"] is False
             # each run's manifests point at its own model version, never at the other run's
             assert latents["model_version"] == samples["model_version"] == report["model_version"] == vae["model_version"]
@@ -211,8 +207,10 @@ class TestTwoMaterializationsAtOnce:
         assert max(t["startTime"] for t in times) < min(t["endTime"] for t in times), times  # they did overlap
         after = {int(v.version) for v in client.search_model_versions("name='vae-mnist'")}
         assert after - before == set(versions)
-        rows = pd.read_parquet(data_dir / "latents" / "vae-mnist")
-        assert {v: 1500 for v in after} == rows.groupby("model_version").size().to_dict()
+        counts = pd.read_parquet(data_dir / "latents" / "vae-mnist").groupby("model_version").size().to_dict()
+        # Both runs' rows are there, whole; every version with rows is registered. (Other tests on this server
+        # register versions without latents: the retry test materializes only up to vae_model.)
+        assert {v: counts.get(v) for v in versions} == {v: 1500 for v in versions} and set(counts) <= after
 
     def test_two_processes_on_the_default_sqlite_store(self, tmp_path: Path, mnist_slice_dir: Path) -> None:
         """Two processes, one data folder, MLflow's default sqlite store (no server)."""
@@ -235,8 +233,8 @@ class TestTwoMaterializationsAtOnce:
         versions = []
         for out in outs:
             assert {"vae_model", "latent_embeddings", "prior_samples", "reconstruction_report", "latent_evaluation"} <= set(out["materialized"]), out
-            vae = _manifest(data_dir, "vae_model", out["run_id"])
-            latents = _manifest(data_dir, "latent_embeddings", out["run_id"])
+            vae = manifest(data_dir, "vae_model", out["run_id"])
+            latents = manifest(data_dir, "latent_embeddings", out["run_id"])
             assert latents["model_version"] == vae["model_version"]
             assert set(pd.read_parquet(data_dir / latents["path"])["model_version"]) == {vae["model_version"]}
             versions.append(vae["model_version"])
