@@ -1,14 +1,11 @@
 """Promotion: the challenger measured beside the champion under one protocol, the gates, the champion alias."""
 
 import math
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from mlflow.tracking import MlflowClient
 
-from vae_pipeline.core.checkpoint import load_model
 from vae_pipeline.core.config import GateConfig
 from vae_pipeline.core.device import resolve_device
 from vae_pipeline.core.promotion import (
@@ -36,9 +33,9 @@ from vae_pipeline.defs.resources import PipelineStorage
 from vae_pipeline.defs.tracking import (
     CHAMPION,
     MlflowTracking,
-    download_checkpoint,
     version_by_alias,
 )
+from vae_pipeline.defs.versions import registered
 
 GROUP = "promotion"
 PROMOTION_CODE_VERSION = "2"
@@ -73,13 +70,11 @@ def _champion_side(
     if reason is not None:
         return {"champion_version": version, "incomparable": reason}
     if before == protocol:
-        figures = {k: run.data.metrics[f"gate_{k}"] for k in ("iwae_nll", "iwae_nll_se", "probe_accuracy", "active_units")}
+        figures = {k: run.data.metrics[f"gate_{k}"] for k in GATED}
         return {"champion_version": version, "champion": figures, "champion_source": "recorded"}
     changed = "; ".join(before.differences(protocol))
     context.log.info(f"champion v{version} was measured under another protocol ({changed}); measuring it again")
-    with tempfile.TemporaryDirectory() as folder:
-        model = load_model(download_checkpoint(client, champion.run_id, Path(folder)), device, variational=True)
-        figures = gate_figures(model, store, protocol, device)
+    figures = gate_figures(registered(client, name, champion, device).model, store, protocol, device)
     return {"champion_version": version, "champion": figures, "champion_source": f"re-measured (was {changed})"}
 
 
