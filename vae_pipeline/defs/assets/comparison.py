@@ -1,9 +1,7 @@
 """Two registered versions side by side (by default the champion and the version just trained), measured the same way."""
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import pydantic
@@ -30,6 +28,7 @@ from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.lineage import check_judge_data, check_same_data, load_model_store
 from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
+from vae_pipeline.defs.reuse import StoredResult, result_key
 from vae_pipeline.defs.tracking import CHAMPION, MlflowTracking
 
 GROUP = "promotion"
@@ -51,21 +50,6 @@ def _not_compared(reason: str, candidate: versions.Evaluated) -> dg.MaterializeR
         value={"compared": False, "reason": reason, "candidate_version": candidate.record["model_version"]},
         metadata={"compared": False, "reason": reason, "candidate_version": candidate.record["model_version"]},
     )
-
-
-def _report_key(baseline: versions.Evaluated, candidate: versions.Evaluated, protocol_json: str) -> str:
-    """Identifies a report: the two trained models (their runs) and how they were measured."""
-    key = [baseline.record["mlflow_run_id"], candidate.record["mlflow_run_id"], protocol_json]
-    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
-
-
-def _read_report(path: Path, key: str) -> dict[str, Any] | None:
-    """A finished report for exactly this key, or None (missing, unreadable, or another key)."""
-    try:
-        report = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return report if report.get("key") == key else None
 
 
 def _prior_panels(baseline: versions.Evaluated, candidate: versions.Evaluated, report: dict, seed: int,
@@ -107,53 +91,55 @@ def version_comparison(
 
     store = load_model_store(storage, vae_model)  # this run's data: both versions are measured on it
     protocol = comparison_protocol(store, cfg, digit_classifier["fingerprint"])
-    key = _report_key(baseline, candidate, protocol.to_json())
     folder = storage.folder("comparisons", name, f"{baseline.label}-vs-{candidate.label}")
     report_path, samples_png = folder / "comparison.json", folder / "prior_samples.png"
-    report = _read_report(report_path, key)
-    if report is not None and samples_png.is_file():
-        context.log.info(f"{baseline.label} vs {candidate.label}: measured before under the same protocol; reusing {report_path}")
-    else:
-        judge, _ = load_judge(storage.resolve(digit_classifier["checkpoint"]), device)
-        reference, _ = judge_outputs(judge, store[REPORT_SPLIT].float_images(), device)  # (n_test, feature_dim)
-        figures = {}
-        for side, evaluated in (("baseline", baseline), ("candidate", candidate)):
-            context.log.info(f"measuring {evaluated.label} ({side}): IWAE k={protocol.iwae_k} on {protocol.iwae_examples} "
-                             f"{REPORT_SPLIT} images, reconstruction per class, probe, {protocol.prior_samples} prior draws")
-            figures[side] = version_figures(evaluated.model, store, protocol, judge, reference, device)
-        note = likelihood_incomparable(figures["baseline"], figures["candidate"])
-        deltas = per_class_deltas(figures["baseline"], figures["candidate"])
-        report = {
-            "key": key,
-            "compared": True,
-            "protocol": json.loads(protocol.to_json()),
-            "config": to_dict(cfg),
-            "baseline_version": baseline.record["model_version"],
-            "candidate_version": candidate.record["model_version"],
-            "trained_on": {side: e.record["data_version"] for side, e in (("baseline", baseline), ("candidate", candidate))},
-            "baseline": figures["baseline"].as_dict(),
-            "candidate": figures["candidate"].as_dict(),
-            "likelihood_incomparable": note,
-            "per_class_recon": deltas.reset_index().to_dict(orient="records"),
-            "table_md": comparison_markdown(baseline.label, figures["baseline"], candidate.label, figures["candidate"], protocol),
-            "per_class_md": per_class_markdown(deltas, note),
-        }
-        _prior_panels(baseline, candidate, report, protocol.seed, device, samples_png)
-        write_json_atomic(report_path, report)  # last: its presence means "finished"
-        run_id = candidate.record["mlflow_run_id"]
-        for path in (report_path, samples_png):
-            client.log_artifact(run_id, str(path), artifact_path=f"comparisons/{baseline.label}")
-    context.log.info(f"{baseline.label} vs {candidate.label}:\n{report['table_md']}")
-    return dg.MaterializeResult(
-        value={k: v for k, v in report.items() if not k.endswith("_md")},
-        metadata={
-            "compared": True,
-            "baseline_version": report["baseline_version"],
-            "candidate_version": report["candidate_version"],
-            "comparison": dg.MetadataValue.md(report["table_md"]),
-            "per_class_reconstruction": dg.MetadataValue.md(report["per_class_md"]),
-            "prior_samples": png_markdown(samples_png, f"prior samples: {baseline.label} beside {candidate.label}"),
-            "protocol": dg.MetadataValue.json(report["protocol"]),
-            "report": dg.MetadataValue.path(str(report_path)),
-        },
+    result = StoredResult(
+        storage, storage.path("results", "version_comparison", name, f"{baseline.label}-vs-{candidate.label}.json"),
+        result_key(asset="version_comparison", code=COMPARISON_CODE_VERSION, protocol=protocol.to_json(),
+                   runs=[baseline.record["mlflow_run_id"], candidate.record["mlflow_run_id"]]),
     )
+    if (reused := result.load(context.log)) is not None:
+        context.log.info(f"{baseline.label} vs {candidate.label}: measured before under the same protocol; reusing {report_path}")
+        return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
+    judge, _ = load_judge(storage.resolve(digit_classifier["checkpoint"]), device)
+    reference, _ = judge_outputs(judge, store[REPORT_SPLIT].float_images(), device)  # (n_test, feature_dim)
+    figures = {}
+    for side, evaluated in (("baseline", baseline), ("candidate", candidate)):
+        context.log.info(f"measuring {evaluated.label} ({side}): IWAE k={protocol.iwae_k} on {protocol.iwae_examples} "
+                         f"{REPORT_SPLIT} images, reconstruction per class, probe, {protocol.prior_samples} prior draws")
+        figures[side] = version_figures(evaluated.model, store, protocol, judge, reference, device)
+    note = likelihood_incomparable(figures["baseline"], figures["candidate"])
+    deltas = per_class_deltas(figures["baseline"], figures["candidate"])
+    report = {
+        "compared": True,
+        "protocol": json.loads(protocol.to_json()),
+        "config": to_dict(cfg),
+        "baseline_version": baseline.record["model_version"],
+        "candidate_version": candidate.record["model_version"],
+        "trained_on": {side: e.record["data_version"] for side, e in (("baseline", baseline), ("candidate", candidate))},
+        "baseline": figures["baseline"].as_dict(),
+        "candidate": figures["candidate"].as_dict(),
+        "likelihood_incomparable": note,
+        "per_class_recon": deltas.reset_index().to_dict(orient="records"),
+        "table_md": comparison_markdown(baseline.label, figures["baseline"], candidate.label, figures["candidate"], protocol),
+        "per_class_md": per_class_markdown(deltas, note),
+    }
+    _prior_panels(baseline, candidate, report, protocol.seed, device, samples_png)
+    write_json_atomic(report_path, report)
+    run_id = candidate.record["mlflow_run_id"]
+    for path in (report_path, samples_png):
+        client.log_artifact(run_id, str(path), artifact_path=f"comparisons/{baseline.label}")
+    context.log.info(f"{baseline.label} vs {candidate.label}:\n{report['table_md']}")
+    manifest = {k: v for k, v in report.items() if not k.endswith("_md")}
+    metadata = {
+        "compared": True,
+        "baseline_version": report["baseline_version"],
+        "candidate_version": report["candidate_version"],
+        "comparison": dg.MetadataValue.md(report["table_md"]),
+        "per_class_reconstruction": dg.MetadataValue.md(report["per_class_md"]),
+        "prior_samples": png_markdown(samples_png, f"prior samples: {baseline.label} beside {candidate.label}"),
+        "protocol": dg.MetadataValue.json(report["protocol"]),
+        "report": dg.MetadataValue.path(str(report_path)),
+    }
+    result.save(manifest, metadata, [report_path, samples_png])  # last: its presence means "finished"
+    return dg.MaterializeResult(value=manifest, metadata={**metadata, "reused": False})
