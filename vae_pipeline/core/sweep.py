@@ -19,6 +19,8 @@ import yaml
 
 from vae_pipeline.core.config import ConfigError, ModelConfig, TrainConfig
 
+# What a variant varies; every other training field comes from the base config.
+VARIANT_FIELDS = ("latent_dim", "beta", "likelihood")
 LIKELIHOOD_CODES = {"bernoulli": "bern", "gaussian": "gauss"}
 _KEY = re.compile(r"z(?P<latent_dim>[1-9]\d*)-b(?P<beta>\d+(?:\.\d+)?)-(?P<likelihood>[a-z]+)")
 
@@ -65,7 +67,7 @@ class Variant:
 
 
 def _variant(entry: Any, where: str) -> Variant:
-    if not isinstance(entry, dict) or set(entry) - {"latent_dim", "beta", "likelihood"}:
+    if not isinstance(entry, dict) or set(entry) - set(VARIANT_FIELDS):
         raise ConfigError(f"{where}: {entry!r} must be a mapping of latent_dim, beta and likelihood.")
     try:
         return Variant(
@@ -84,9 +86,9 @@ def parse_sweep(document: Any, source: str = "the sweep") -> list[Variant]:
     found: list[Variant] = [_variant(e, f"{source}, variants[{i}]") for i, e in enumerate(document.get("variants") or [])]
     grid = document.get("grid") or {}
     if grid:
-        if not isinstance(grid, dict) or set(grid) - {"latent_dim", "beta", "likelihood"}:
+        if not isinstance(grid, dict) or set(grid) - set(VARIANT_FIELDS):
             raise ConfigError(f"{source}, grid: {grid!r} must map latent_dim, beta and/or likelihood to lists.")
-        fields = [f for f in ("latent_dim", "beta", "likelihood") if f in grid]  # the key's order: z, then b
+        fields = [f for f in VARIANT_FIELDS if f in grid]  # the key's order: z, then b
         values = [grid[f] if isinstance(grid[f], list) else [grid[f]] for f in fields]
         found += [_variant(dict(zip(fields, combo)), f"{source}, grid {dict(zip(fields, combo))}") for combo in itertools.product(*values)]
     keys = [v.key for v in found]

@@ -62,6 +62,7 @@ def describe_version(client: MlflowClient, vae_model: dict[str, Any], dagster_ru
     run = client.get_run(vae_model["mlflow_run_id"])
     dagster_run = run.data.tags["dagster.run_id"]  # the run that trained (or registered) it, not one that reused it
     facts = {
+        "variant": vae_model["variant"],
         "config": config_summary(vae_model["model_config"], vae_model["train_config"]),
         "dataset": vae_model["dataset"],
         "data_version": vae_model["data_version"],
@@ -132,7 +133,8 @@ def render_description(tags: dict[str, str]) -> str:
     """A version's description, in markdown, from its tags (sections whose tags are missing are left out)."""
     parts = []
     if "config" in tags:
-        parts.append(f"**{tags['config']}** on {tags['dataset']}, data version `{tags['data_version'][:12]}`; "
+        variant = f"Variant `{tags['variant']}`: " if "variant" in tags else ""
+        parts.append(f"{variant}**{tags['config']}** on {tags['dataset']}, data version `{tags['data_version'][:12]}`; "
                      f"trained by Dagster run [{tags['dagster_run_id'][:8]}]({tags['dagster_run_url']}).")
     parts += [_capitalized(tags[key]) + "." for key in ("promotion", "replaced") if key in tags]
     if "gates" in tags:

@@ -30,6 +30,7 @@ from vae_pipeline.defs.lineage import check_judge_data, check_same_data, load_mo
 from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
 from vae_pipeline.defs.reuse import StoredResult, result_key
 from vae_pipeline.defs.tracking import CHAMPION, MlflowTracking
+from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "promotion"
 COMPARISON_CODE_VERSION = "1"
@@ -63,7 +64,7 @@ def _prior_panels(baseline: versions.Evaluated, candidate: versions.Evaluated, r
     return plots.image_panels_png(panels, path, nrow=8)
 
 
-@dg.asset(group_name=GROUP, code_version=COMPARISON_CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch", "mlflow"})
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=COMPARISON_CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch", "mlflow"})
 def version_comparison(
     context: dg.AssetExecutionContext,
     config: VersionComparisonConfig,

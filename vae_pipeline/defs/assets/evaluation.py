@@ -35,6 +35,7 @@ from vae_pipeline.defs.reuse import stored_result
 from vae_pipeline.defs import versions
 from vae_pipeline.defs.tracking import MlflowTracking
 from vae_pipeline.defs.versions import JUST_TRAINED
+from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "evaluation"
 EVALUATION_CODE_VERSION = "2"  # bump when a change should re-evaluate models whose inputs and config are unchanged
@@ -122,7 +123,7 @@ def _two_d_pictures(vae: VAE, ae: VAE, codes: dict, store: TensorStore, device: 
     return {"manifold_2d": manifold, "codes_2d": scatter}
 
 
-@dg.asset(group_name=GROUP, code_version=EVALUATION_CODE_VERSION, automation_condition=on_new_data(),
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=EVALUATION_CODE_VERSION, automation_condition=on_new_data(),
           kinds={"pytorch", "scikitlearn", "mlflow"})
 def latent_evaluation(
     context: dg.AssetExecutionContext,

@@ -25,6 +25,7 @@ from vae_pipeline.defs.lineage import (
 from vae_pipeline.defs.resources import PipelineStorage
 from vae_pipeline.defs.reuse import stored_result
 from vae_pipeline.defs.tracking import MlflowTracking
+from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "outputs"
 # Bump an asset's code version when a change to its code should recompute results kept for unchanged inputs.
@@ -58,7 +59,7 @@ def log_artifacts(mlflow_tracking: MlflowTracking, run_id: str, paths: list[Path
 LatentEmbeddingsConfig = dagster_config("LatentEmbeddingsConfig", "How the latents table scores each image.", EmbeddingsConfig, module=__name__)
 
 
-@dg.asset(group_name=GROUP, code_version=EMBEDDINGS_CODE_VERSION, automation_condition=on_new_data(), kinds={"parquet"})
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=EMBEDDINGS_CODE_VERSION, automation_condition=on_new_data(), kinds={"parquet"})
 def latent_embeddings(
     context: dg.AssetExecutionContext,
     config: LatentEmbeddingsConfig,
@@ -114,7 +115,7 @@ def latent_embeddings(
 PriorSamplesConfig = dagster_config("PriorSamplesConfig", "What the prior-samples asset draws and decodes.", SamplesConfig, module=__name__)
 
 
-@dg.asset(group_name=GROUP, code_version=SAMPLES_CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch"})
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=SAMPLES_CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch"})
 def prior_samples(
     context: dg.AssetExecutionContext,
     config: PriorSamplesConfig,
@@ -162,7 +163,7 @@ def prior_samples(
 ReconstructionReportConfig = dagster_config("ReconstructionReportConfig", "What the reconstruction report shows.", ReportConfig, module=__name__)
 
 
-@dg.asset(group_name=GROUP, code_version=REPORT_CODE_VERSION, automation_condition=on_new_data(), kinds={"parquet"})
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=REPORT_CODE_VERSION, automation_condition=on_new_data(), kinds={"parquet"})
 def reconstruction_report(
     context: dg.AssetExecutionContext,
     config: ReconstructionReportConfig,

@@ -36,6 +36,7 @@ from vae_pipeline.defs.tracking import (
     version_by_alias,
 )
 from vae_pipeline.defs.versions import registered
+from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "promotion"
 PROMOTION_CODE_VERSION = "2"
@@ -90,7 +91,7 @@ def _recorded_figures(client: MlflowClient, run_id: str, protocol: GateProtocol)
     return {k: run.data.metrics[f"gate_{k}"] for k in GATED}
 
 
-@dg.asset(group_name=GROUP, code_version=PROMOTION_CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch", "mlflow"})
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=PROMOTION_CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch", "mlflow"})
 def champion_comparison(
     context: dg.AssetExecutionContext,
     config: ChampionComparisonConfig,
@@ -185,7 +186,7 @@ def no_posterior_collapse(champion_comparison: dict) -> dg.AssetCheckResult:
 
 
 # After version_comparison: its default baseline is the champion before this run moves the alias.
-@dg.asset(group_name=GROUP, code_version=PROMOTION_CODE_VERSION, automation_condition=on_new_data_after_passed_gates(),
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=PROMOTION_CODE_VERSION, automation_condition=on_new_data_after_passed_gates(),
           kinds={"mlflow"}, deps=[version_comparison])
 def champion_model(
     context: dg.AssetExecutionContext, mlflow_tracking: MlflowTracking, vae_model: dict, champion_comparison: dict
@@ -201,6 +202,15 @@ def champion_model(
                                "the champion alias stays where it is.")
     client = mlflow_tracking.activate()
     previous = version_by_alias(client, name, CHAMPION)
+    measured_against = champion_comparison["champion_version"]
+    if (int(previous.version) if previous else None) != measured_against:
+        # Variants are promoted one partition at a time: another variant may have become champion since
+        # this one was compared. Promote only a version measured against the champion it replaces.
+        raise PromotionRefused(
+            f"v{version} was compared with champion {f'v{measured_against}' if measured_against else '(none)'}, but the "
+            f"champion is now v{previous.version if previous else '(none)'}; re-materialize champion_comparison"
+            f"[{context.partition_key}] to measure it against the current champion."
+        )
     client.set_registered_model_alias(name, CHAMPION, str(version))
     why = record_promotion(client, name, version, int(previous.version) if previous else None, champion_comparison)
     context.log.info(f"{name} v{version} is champion (was {previous.version if previous else 'none'}): {why}")

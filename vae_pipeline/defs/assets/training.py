@@ -41,6 +41,7 @@ from vae_pipeline.defs.tracking import (
     run_exists,
     version_of_run,
 )
+from vae_pipeline.defs.variants import VARIANT_FIELDS, VARIANTS, variant_of
 
 GROUP = "training"
 # Bump when a change to the training code should retrain models whose config and data are unchanged.
@@ -49,11 +50,14 @@ TRAINING_CODE_VERSION = "1"
 
 VaeTrainingConfig = dagster_config(
     "VaeTrainingConfig",
-    "What to train: architecture, likelihood, objective, optimisation and device (fields of ModelConfig and TrainConfig).",
+    "How to train every variant: architecture, optimisation and device (fields of ModelConfig and TrainConfig); "
+    "latent size, beta and likelihood come from the variant, the partition key.",
     ModelConfig,
     TrainConfig,
     module=__name__,
-    exclude=("variational", "image_shape"),  # the AE baseline sets variational; MNIST fixes the image shape
+    # The variant (partition key) sets latent_dim, beta and likelihood; the AE baseline sets
+    # variational; MNIST fixes the image shape.
+    exclude=("variational", "image_shape", *VARIANT_FIELDS),
     extra={"device": (str, "auto")},  # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
 )
 
@@ -115,11 +119,11 @@ def _registered_version_ok(client: MlflowClient, summary: dict[str, Any]) -> boo
 
 def _log_run_contents(
     *, model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device, store_path: Path, n_train: int,
-    n_val: int, dataset: str, data_version: str,
+    n_val: int, dataset: str, data_version: str, variant: str,
 ) -> None:
     """What every training run records: its params and its input dataset (the active run)."""
     mlflow.log_params({**flat_params("model", to_dict(model_cfg)), **flat_params("train", to_dict(train_cfg))})
-    mlflow.log_params({"device": str(device), "n_train": n_train, "n_val": n_val})
+    mlflow.log_params({"device": str(device), "n_train": n_train, "n_val": n_val, "variant": variant})
     log_dataset(store_path, dataset, data_version, "training")
 
 
@@ -176,10 +180,11 @@ def _train_tracked(
         "data_version": data_version,
         "fingerprint": fingerprint,
         "dataset": mnist_tensors["dataset"],
+        "variant": context.partition_key,
     }
 
     def manifest(summary: dict[str, Any], reused: bool) -> dict[str, Any]:
-        return {**summary, "reused": reused, "mlflow_run_url": mlflow_tracking.run_url(experiment_id, summary["mlflow_run_id"])}
+        return {**summary, "variant": context.partition_key, "reused": reused, "mlflow_run_url": mlflow_tracking.run_url(experiment_id, summary["mlflow_run_id"])}
 
     summary = _read_json(summary_path)
     run_id: str | None = None
@@ -233,7 +238,7 @@ def _train_tracked(
         if run_id is None:
             _log_run_contents(model_cfg=model_cfg, train_cfg=train_cfg, device=device, store_path=store_path,
                               n_train=len(store["train"]), n_val=len(store["val"]), dataset=mnist_tensors["dataset"],
-                              data_version=data_version)
+                              data_version=data_version, variant=context.partition_key)
         if summary is None:
             model = build_model(model_cfg, seed=train_cfg.seed)
             history = fit(
@@ -263,6 +268,7 @@ def _train_tracked(
         "device": str(device),
         "data_version": data_version,
         "dataset": mnist_tensors["dataset"],
+        "variant": context.partition_key,
         "mlflow_run_id": run.info.run_id,
         "mlflow_experiment_id": experiment_id,
         "model_name": register_as,
@@ -295,7 +301,7 @@ def _metadata(manifest: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-@dg.asset(group_name=GROUP, code_version=TRAINING_CODE_VERSION, kinds={"pytorch", "mlflow"}, automation_condition=on_new_data(),
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=TRAINING_CODE_VERSION, kinds={"pytorch", "mlflow"}, automation_condition=on_new_data(),
           pool="gpu")  # trains on the accelerator: a deployment with the daemon runs one such step at a time
 def vae_model(
     context: dg.AssetExecutionContext,
@@ -304,8 +310,11 @@ def vae_model(
     mlflow_tracking: MlflowTracking,
     mnist_tensors: dict,
 ) -> dg.MaterializeResult:
-    """The trained VAE: checkpoint, MLflow run, and a new registered model version (alias challenger)."""
-    model_cfg, train_cfg = to_core(config, ModelConfig), to_core(config, TrainConfig)  # invalid config fails here, before any work
+    """The trained VAE of one variant: checkpoint, MLflow run, and a new registered model version (alias challenger)."""
+    variant = variant_of(context)
+    # Invalid config fails here, before any work.
+    model_cfg = to_core(config, ModelConfig, **variant.model_overrides())
+    train_cfg = to_core(config, TrainConfig, **variant.train_overrides())
     device = resolve_device(config.device)
     manifest = _train_tracked(
         context,
@@ -323,7 +332,7 @@ def vae_model(
     return dg.MaterializeResult(value=manifest, metadata=_metadata(manifest), data_version=dg.DataVersion(manifest["fingerprint"]))
 
 
-@dg.asset(group_name=GROUP, code_version=TRAINING_CODE_VERSION, kinds={"pytorch", "mlflow"}, automation_condition=on_new_data(),
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=TRAINING_CODE_VERSION, kinds={"pytorch", "mlflow"}, automation_condition=on_new_data(),
           pool="gpu")  # trains on the accelerator: a deployment with the daemon runs one such step at a time
 def autoencoder_baseline(
     context: dg.AssetExecutionContext,

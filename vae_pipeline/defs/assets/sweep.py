@@ -1,0 +1,110 @@
+"""Every evaluated variant of the sweep in one table (parquet) and one rate-distortion picture, also in MLflow."""
+
+import json
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+
+from vae_pipeline.core import latents
+from vae_pipeline.core.sweep import Variant
+from vae_pipeline.core.sweep_comparison import VariantRow, rate_distortion_png, sweep_table, table_markdown
+from vae_pipeline.defs.assets.outputs import png_markdown
+from vae_pipeline.defs.automation import on_new_data
+from vae_pipeline.defs.resources import ALL_PARTITIONS, PipelineStorage
+from vae_pipeline.defs.reuse import StoredResult, result_key
+from vae_pipeline.defs.tracking import MlflowTracking
+
+GROUP = "sweeps"
+SWEEP_CODE_VERSION = "1"
+EVERY_VARIANT = dg.AssetIn(metadata={ALL_PARTITIONS: True})
+
+
+def _row(storage: PipelineStorage, variant: str, model: dict, embeddings: dict, evaluation: dict) -> VariantRow:
+    """One variant's figures: reconstruction and KL from its latents table, the rest from its test evaluation."""
+    m, key = evaluation["metrics"], Variant.from_key(variant)
+    table = pd.read_parquet(storage.resolve(embeddings["path"]), columns=["split", "recon_nll_at_mu", "kl"])
+    test = table[table["split"] == "test"]
+    protocol = {**evaluation["protocol"], **evaluation["config"]}
+    return VariantRow(
+        variant=variant, latent_dim=key.latent_dim, beta=key.beta, likelihood=key.likelihood,
+        model_version=int(model["model_version"]), data_version=model["data_version"],
+        protocol=json.dumps({**protocol, "embeddings": embeddings.get("config", {})}, sort_keys=True),
+        test_iwae_nll=m["eval_iwae_nll"], test_recon_nll=float(test["recon_nll_at_mu"].mean()), test_kl=float(test["kl"].mean()),
+        probe_accuracy=m["eval_probe_accuracy"], knn_accuracy=m["eval_knn_accuracy"], active_units=int(m["eval_active_units"]),
+        prior_fd=m["eval_prior_fd"], midpoint_fd=m["eval_midpoint_fd"], prior_holes_share=m["eval_prior_fit_holes_share"],
+        prior_mmd2=m["eval_prior_fit_mmd2"], regular=bool(evaluation["regular"]),
+    )
+
+
+def _evaluated_variants(log: Any, vae_model: dict, latent_embeddings: dict, latent_evaluation: dict) -> dict[str, tuple]:
+    """The variants whose latest model, latents and evaluation are of one version; the log names the others."""
+    ready = {}
+    for variant, model in vae_model.items():
+        embeddings, evaluation = latent_embeddings.get(variant), latent_evaluation.get(variant)
+        version = model["model_version"]
+        if embeddings is None or evaluation is None:
+            log.info(f"{variant}: v{version} has no {'latents' if embeddings is None else 'evaluation'} yet; not in the table")
+        elif embeddings["model_version"] != version or evaluation["model_version"] != version:
+            log.info(f"{variant}: its latest latents (v{embeddings['model_version']}) or evaluation "
+                     f"(v{evaluation['model_version']}) are not of its latest model v{version}; not in the table")
+        else:
+            ready[variant] = (model, embeddings, evaluation)
+    return ready
+
+
+@dg.asset(group_name=GROUP, code_version=SWEEP_CODE_VERSION, automation_condition=on_new_data(), kinds={"parquet", "mlflow"},
+          ins={"vae_model": EVERY_VARIANT, "latent_embeddings": EVERY_VARIANT, "latent_evaluation": EVERY_VARIANT})
+def sweep_comparison(
+    context: dg.AssetExecutionContext,
+    storage: PipelineStorage,
+    mlflow_tracking: MlflowTracking,
+    vae_model: dict,
+    latent_embeddings: dict,
+    latent_evaluation: dict,
+) -> dg.MaterializeResult:
+    """The evaluated variants side by side (NLL, reconstruction, KL, probe, kNN, regularity) and their rate-distortion picture."""
+    ready = _evaluated_variants(context.log, vae_model, latent_embeddings, latent_evaluation)
+    if not ready:
+        raise ValueError("no variant has a model, latents and an evaluation of the same version yet; materialize "
+                         "vae_model, latent_embeddings and latent_evaluation for at least one variant first.")
+    rows = [_row(storage, variant, *parts) for variant, parts in ready.items()]
+    this_run = context.run.tags.get("dagster/partition")
+    reference = this_run if this_run in ready else None  # the variant this run evaluated sets the measurement
+    table = sweep_table(rows, reference)
+    name = next(iter(ready.values()))[0]["model_name"] if reference is None else ready[reference][0]["model_name"]
+    folder = storage.folder("sweeps", name)
+    parquet_path, png_path = folder / "comparison.parquet", folder / "rate_distortion.png"
+    result = StoredResult(storage, storage.path("results", "sweep_comparison", f"{name}.json"), result_key(
+        asset="sweep_comparison", code=SWEEP_CODE_VERSION, reference=reference,
+        rows={v: [p[0]["mlflow_run_id"], p[1]["path"], p[2]["metrics"]] for v, p in sorted(ready.items())},
+    ))
+    if (reused := result.load(context.log)) is not None:
+        context.log.info(f"the {len(ready)} evaluated variants are the ones compared before; reusing {parquet_path}")
+        return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
+    latents.write_parquet(pa.Table.from_pandas(table, preserve_index=False), parquet_path)
+    rate_distortion_png(table, png_path)
+    client = mlflow_tracking.activate()
+    run = client.create_run(mlflow_tracking.experiment_id(client), run_name=f"sweep-comparison-{name}",
+                            tags={"role": "sweep_comparison", "dagster.run_id": context.run.run_id, "model_name": name,
+                                  "variants": ", ".join(table["variant"])})
+    for path in (parquet_path, png_path):
+        client.log_artifact(run.info.run_id, str(path), artifact_path="sweep")
+    client.set_terminated(run.info.run_id)
+    comparable = table[table["comparable"]]
+    context.log.info(f"{len(table)} variants, {len(comparable)} comparable:\n{table_markdown(table)}")
+    manifest = {"path": storage.relative(parquet_path), "picture": storage.relative(png_path), "model_name": name,
+                "variants": list(table["variant"]), "comparable": list(comparable["variant"]),
+                "mlflow_run_id": run.info.run_id}
+    metadata = {
+        "variants": len(table),
+        "comparable_variants": len(comparable),
+        "table": dg.MetadataValue.md(table_markdown(table)),
+        "rate_distortion": png_markdown(png_path, "rate-distortion: KL against reconstruction NLL, one point per variant"),
+        "parquet": dg.MetadataValue.path(str(parquet_path)),
+        "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(mlflow_tracking.experiment_id(client), run.info.run_id)),
+        "dagster/row_count": len(table),
+    }
+    result.save(manifest, metadata, [parquet_path, png_path])
+    return dg.MaterializeResult(value=manifest, metadata=metadata)
