@@ -124,6 +124,10 @@ class ManifestIOManager(dg.ConfigurableIOManager):
             # those materialized so far, in the partitions' order.
             loaded = {partition: self._load(context, partition) for partition in partitions}
             return {partition: value for partition, value in loaded.items() if value is not None}
+        run_partition = context.step_context.dagster_run.tags.get("dagster/partition")
+        if len(partitions) != 1 and run_partition in partitions:
+            # An asset check of a partitioned asset is not partitioned itself; it checks this run's partition.
+            partitions = [run_partition]
         if len(partitions) != 1:
             raise ValueError(f"{key.to_user_string()}: {len(partitions)} partitions map to one input; "
                              f"declare the input with AssetIn(metadata={{'{ALL_PARTITIONS}': True}}) to receive them all.")

@@ -7,7 +7,7 @@ checks every asset's config first: whichever executor the run uses (in-process, 
 Celery, chosen in the run config's `execution` section), it is wrapped so that a run launched from
 the UI, GraphQL, the CLI or a schedule fails with the field and the fix before its first step (and,
 under Celery, before the broker is contacted). The checks are the core configs' own validation;
-nothing new here.
+nothing new here. A run's partition key (the model variant) is checked the same way.
 """
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +31,7 @@ from vae_pipeline.core.config import (
 )
 from vae_pipeline.core.device import resolve_device
 from vae_pipeline.core.judge import JudgeConfig
+from vae_pipeline.core.sweep import Variant
 from vae_pipeline.defs.assets.comparison import VersionComparisonConfig
 from vae_pipeline.defs.assets.evaluation import LatentEvaluationConfig
 from vae_pipeline.defs.assets.ingest import MnistRawConfig, MnistTensorsConfig
@@ -44,6 +45,8 @@ from vae_pipeline.defs.assets.promotion import ChampionComparisonConfig
 from vae_pipeline.defs.assets.training import VaeTrainingConfig
 from vae_pipeline.defs.config_classes import to_core
 from vae_pipeline.defs.versions import parse_version_ref
+
+PARTITION_TAG = "dagster/partition"  # the tag Dagster files a run's partition key under
 
 # Every asset that takes config, with the checks its values must pass. A test asserts that no
 # configurable asset of the definitions is missing here.
@@ -98,6 +101,16 @@ def check_run_config(run_config: Mapping[str, Any]) -> None:
         )
 
 
+def check_run_partition(tags: Mapping[str, str]) -> None:
+    """A run of one variant must name a valid variant key (a key added in the UI can be any string)."""
+    key = tags.get(PARTITION_TAG)
+    if key is not None:
+        try:
+            Variant.from_key(key)
+        except ConfigError as exc:
+            raise ConfigError(f"partition {key!r}: {exc} Launch a valid variant; delete that partition in the UI.") from None
+
+
 class _CheckedExecutor(dg.Executor):
     """Any executor, after `check_run_config` passed."""
 
@@ -122,6 +135,7 @@ class _CheckedExecutor(dg.Executor):
     def execute(self, plan_context, execution_plan) -> Iterator[dg.DagsterEvent]:
         try:
             check_run_config(plan_context.run_config)  # raising here fails the run before its first step
+            check_run_partition(plan_context.dagster_run.tags)
         except ConfigError:
             # That fails the run, not a step, so run retries would repeat it; the same config fails again.
             plan_context.instance.add_run_tags(plan_context.run_id, {"dagster/max_retries": "0"})
