@@ -2,7 +2,8 @@
 
     python -m vae_pipeline.variants_cli add                  # the sweep file's variants
     python -m vae_pipeline.variants_cli add z10-b4-bern      # named keys
-    python -m vae_pipeline.variants_cli list
+    python -m vae_pipeline.variants_cli list                 # the variants this instance has
+    python -m vae_pipeline.variants_cli sweep                # the sweep file's keys (checked), one per line
 
 The instance is $DAGSTER_HOME's (scripts/instance.sh sets it). Keys are checked before anything is
 added, so a bad key or sweep file changes nothing.
@@ -27,7 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("keys", nargs="*", help="variant keys such as z20-b1-bern")
     add.add_argument("--sweep", help="sweep file (default: $VAE_PIPELINE_SWEEP, else sweeps/default.yaml)")
     commands.add_parser("list", help="the variants this instance has, in the order they were added")
+    show = commands.add_parser("sweep", help="the sweep file's variant keys, one per line (nothing is added)")
+    show.add_argument("file", nargs="?", help="sweep file (default: $VAE_PIPELINE_SWEEP, else sweeps/default.yaml)")
     args = parser.parse_args(argv)
+    if args.command == "sweep":
+        try:
+            print("\n".join(v.key for v in load_sweep(args.file or sweep_file())))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     with dg.DagsterInstance.get() as instance:
         if args.command == "list":
             print("\n".join(instance.get_dynamic_partitions(VARIANTS.name)))

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# A sweep on one machine, no servers: add the sweep file's variants as partitions of this instance,
+# then train and evaluate each (one `dg launch` run per variant, steps as processes of Dagster's
+# multiprocess executor), each run ending with sweep_comparison over every variant evaluated so far.
+#   bash scripts/sweep.sh                       # sweeps/default.yaml (or $VAE_PIPELINE_SWEEP)
+#   bash scripts/sweep.sh sweeps/mine.yaml      # another sweep file
+#   bash scripts/sweep.sh sweeps/mine.yaml -c run_config.yaml   # extra arguments go to every dg launch
+# (run config as -c files: dg merges them with deploy/local/multiprocess.yaml, yours taking precedence)
+# Each run's config applies to every variant (epochs, batch size, evaluation); the partition key
+# sets latent size, beta and likelihood. The script stops at the first variant whose run fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sweep_file="${1:-${VAE_PIPELINE_SWEEP:-sweeps/default.yaml}}"
+shift || true
+[ -x .venv/bin/dg ] || bash scripts/setup.sh   # installs on first use (scripts/setup.sh updates an existing .venv)
+source .venv/bin/activate
+source scripts/instance.sh
+keys="$(python -m vae_pipeline.variants_cli sweep "$sweep_file")"   # checked before anything runs
+python -m vae_pipeline.variants_cli add --sweep "$sweep_file"
+for key in $keys; do
+  echo "== variant $key"
+  dg launch --job vae_pipeline_job --partition "$key" "$@" -c deploy/local/multiprocess.yaml
+done
+echo "== every variant done: ${VAE_PIPELINE_DATA_DIR:-data}/sweeps/vae-<dataset>/comparison.parquet"

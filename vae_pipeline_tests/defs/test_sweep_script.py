@@ -1,0 +1,52 @@
+"""The README's quick path for a sweep: scripts/sweep.sh on one machine, sqlite, the multiprocess executor.
+
+The script runs as a user runs it (the repository's .venv, an instance and data folder of its own),
+on a sweep file of two tiny variants and the tiny whole-graph config; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from vae_pipeline_tests.conftest import REPO_ROOT
+from vae_pipeline_tests.defs.test_graph import run_config
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = ["z2-b1-bern", "z4-b4-bern"]
+
+
+def test_a_sweep_from_the_script_trains_and_compares_every_variant(tmp_path: Path, mnist_slice_dir: Path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"variants": [{"latent_dim": 2, "beta": 1}, {"latent_dim": 4, "beta": 4}]}))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"ops": run_config(mnist_slice_dir).to_config_dict()["ops"]}))
+    data = tmp_path / "data"
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "VIRTUAL_ENV", "MLFLOW_TRACKING_URI")},
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "VAE_PIPELINE_DATA_DIR": str(data),
+        "VAE_PIPELINE_MNIST_DIR": str(mnist_slice_dir),
+    }
+    done = subprocess.run(["bash", "scripts/sweep.sh", str(sweep), "-c", str(config)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+    output = f"exit {done.returncode}\n--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-8000:]}"
+    assert done.returncode == 0, output
+    assert [line for line in done.stdout.splitlines() if line.startswith("== variant")] == [f"== variant {v}" for v in VARIANTS]
+
+    table = pd.read_parquet(data / "sweeps" / "vae-mnist" / "comparison.parquet")
+    assert list(table["variant"]) == VARIANTS and table["comparable"].all(), table
+    client = MlflowClient(tracking_uri=f"sqlite:///{data / 'mlflow' / 'mlflow.db'}")
+    assert sorted(v.tags["variant"] for v in client.search_model_versions("name='vae-mnist'")) == VARIANTS
+    # Steps ran as processes of the multiprocess executor: one manifest per step, each run its own.
+    runs = {path.stem for path in (data / "manifests" / "vae_model").glob("*/*.json")}
+    assert len(runs) == 2
+    assert "multiprocess" in json.dumps(yaml.safe_load((REPO_ROOT / "deploy" / "local" / "multiprocess.yaml").read_text()))
