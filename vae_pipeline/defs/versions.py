@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from vae_pipeline.core.checkpoint import load_model
 from vae_pipeline.core.config import ConfigError
 from vae_pipeline.core.model import VAE
+from vae_pipeline.core.sweep import Variant
 from vae_pipeline.defs.lineage import LineageError, load_trained_model
 from vae_pipeline.defs.resources import PipelineStorage
 from vae_pipeline.defs.tracking import download_checkpoint, version_by_alias
@@ -138,3 +139,20 @@ def check_trained_on(evaluated: Evaluated, data_version: str, what: str) -> None
             "files, val_size and split_seed; the store is content-addressed, so it is reused if still present) "
             "together with this asset, or evaluate a version trained on this data."
         )
+
+
+def variant_of_version(client: MlflowClient, version: Any) -> str | None:
+    """The variant key of a registered version: its `variant` tag, else rebuilt from its run's params (older versions)."""
+    if "variant" in version.tags:
+        return version.tags["variant"]
+    params = client.get_run(version.run_id).data.params
+    try:
+        return Variant(int(params["model.latent_dim"]), float(params["train.beta"]), params["model.likelihood"]).key
+    except (KeyError, ValueError, ConfigError):
+        return None
+
+
+def versions_of_variant(client: MlflowClient, name: str, variant: str) -> list[int]:
+    """The registered versions of `name` that are models of `variant`, in order."""
+    found = client.search_model_versions(f"name='{name}'")
+    return sorted(int(v.version) for v in found if variant_of_version(client, v) == variant)

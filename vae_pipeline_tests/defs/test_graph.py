@@ -113,6 +113,12 @@ class TestWholeGraph:
                 "eval_ae_fitted_prior_fd", "eval_midpoint_fd", "eval_ae_midpoint_fd", "eval_judge_test_accuracy"} <= set(run.data.metrics)
         assert run.data.params["model.latent_dim"] == "4"
 
+    def test_the_report_compares_with_the_variants_previous_version(self, two_versions) -> None:
+        _, first, second = two_versions
+        assert "previous_version" not in first.asset_materializations_for_node("reconstruction_report")[0].metadata
+        report = second.asset_materializations_for_node("reconstruction_report")[0].metadata
+        assert report["previous_version"].value == 1 and "mean_change_vs_previous" in report
+
     def test_unchanged_rematerialization_does_not_retrain(self, two_versions, mnist_slice_dir: Path) -> None:
         data_dir, _, _ = two_versions
         again = materialize_all(data_dir, mnist_slice_dir, seed=1)
@@ -205,7 +211,10 @@ class TestSweep:
         assert (params["z2-b1-bern"]["model.latent_dim"], params["z4-b4-bern"]["train.beta"]) == ("2", "4.0")
 
     def test_a_variant_history_is_its_own(self, sweep) -> None:
-        _, instance, _ = sweep
+        _, instance, runs = sweep
+        # v3 (z4-b4) follows v1 (z2) and v2 (z4-b1), other variants' models: its report has no "previous version".
+        report = runs["z4-b4-bern"].asset_materializations_for_node("reconstruction_report")[0].metadata
+        assert report["model_version"].value == 3 and "previous_version" not in report
         for variant in SWEEP:
             records = instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=dg.AssetKey("vae_model"), asset_partitions=[variant]), limit=10).records

@@ -25,13 +25,14 @@ from vae_pipeline.defs.lineage import (
 from vae_pipeline.defs.resources import PipelineStorage
 from vae_pipeline.defs.reuse import stored_result
 from vae_pipeline.defs.tracking import MlflowTracking
+from vae_pipeline.defs.versions import versions_of_variant
 from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "outputs"
 # Bump an asset's code version when a change to its code should recompute results kept for unchanged inputs.
 EMBEDDINGS_CODE_VERSION = "2"
 SAMPLES_CODE_VERSION = "2"
-REPORT_CODE_VERSION = "2"
+REPORT_CODE_VERSION = "3"  # 3: "previous version" is the same variant's
 
 
 def png_markdown(path: Path, alt: str) -> dg.MetadataValue:
@@ -173,13 +174,15 @@ def reconstruction_report(
     vae_model: dict,
     latent_embeddings: dict,
 ) -> dg.MaterializeResult:
-    """Per-class test reconstruction error, the worst and best reconstructions, and the change since the last version."""
+    """Per-class test reconstruction error, the worst and best reconstructions, and the change since the variant's last version."""
     config = to_core(config, ReportConfig)
     check_same_data(vae_model, mnist_tensors)
     latents_dir = storage.resolve(latent_embeddings["folder"])
     version = vae_model["model_version"]
     versions_present = pd.read_parquet(latents_dir, columns=["model_version"])["model_version"].unique()
-    earlier = sorted(int(v) for v in versions_present if v < version)
+    # "The previous version" is the previous model of this variant: another variant's errors are another model's.
+    same_variant = set(versions_of_variant(mlflow_tracking.activate(), vae_model["model_name"], vae_model["variant"]))
+    earlier = sorted(int(v) for v in versions_present if v < version and int(v) in same_variant)
     result = stored_result(storage, "reconstruction_report", vae_model, code=REPORT_CODE_VERSION, config=to_dict(config),
                            latents=latent_embeddings["path"], previous=earlier[-1] if earlier else None)
     if (reused := result.load(context.log)) is not None:
