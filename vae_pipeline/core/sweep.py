@@ -57,7 +57,10 @@ class Variant:
             raise ConfigError(
                 f"variant key {key!r} is not of the form z<latent_dim>-b<beta>-<{'|'.join(codes)}>, e.g. z20-b1-bern."
             )
-        return cls(int(match["latent_dim"]), float(match["beta"]), codes[match["likelihood"]])
+        variant = cls(int(match["latent_dim"]), float(match["beta"]), codes[match["likelihood"]])
+        if variant.key != key:  # z4-b1.50-bern would train z4-b1.5-bern's model under a second name
+            raise ConfigError(f"variant key {key!r} is not in its canonical form; use {variant.key!r}.")
+        return variant
 
     def model_overrides(self) -> dict[str, Any]:
         return {"latent_dim": self.latent_dim, "likelihood": self.likelihood}

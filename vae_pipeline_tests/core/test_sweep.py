@@ -25,6 +25,12 @@ class TestVariantKey:
         with pytest.raises(ConfigError, match="z<latent_dim>-b<beta>-<bern|gauss>|latent_dim=0"):
             Variant.from_key(key)
 
+    @pytest.mark.parametrize(("key", "canonical"), [("z4-b1.50-bern", "z4-b1.5-bern"), ("z4-b01-bern", "z4-b1-bern"),
+                                                     ("z4-b1.0-bern", "z4-b1-bern")])
+    def test_one_variant_has_one_key(self, key: str, canonical: str) -> None:
+        with pytest.raises(ConfigError, match=f"not in its canonical form; use '{canonical}'"):
+            Variant.from_key(key)
+
     def test_values_are_checked_by_the_configs_they_train_with(self) -> None:
         with pytest.raises(ConfigError, match="beta=-1"):
             Variant(20, -1.0, "bernoulli")

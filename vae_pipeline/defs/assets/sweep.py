@@ -77,7 +77,9 @@ def sweep_comparison(
     folder = storage.folder("sweeps", name)
     parquet_path, png_path = folder / "comparison.parquet", folder / "rate_distortion.png"
     result = StoredResult(storage, storage.path("results", "sweep_comparison", f"{name}.json"), result_key(
-        asset="sweep_comparison", code=SWEEP_CODE_VERSION, reference=reference,
+        # What the reference decided (which rows compare, and why not), not which run asked: a variant's run and the
+        # automation's unpartitioned run that judge the rows alike share one table and one MLflow run.
+        asset="sweep_comparison", code=SWEEP_CODE_VERSION, judged=table[["variant", "comparable", "note"]].to_dict("records"),
         rows={v: [p[0]["mlflow_run_id"], p[1]["path"], p[2]["metrics"]] for v, p in sorted(ready.items())},
     ))
     if (reused := result.load(context.log)) is not None:
