@@ -1,16 +1,17 @@
 """Declarative automation: a new drop flows down once; a night with nothing new does nothing; a forced re-run reuses.
 
-The daemon is played by hand, with Dagster's own pieces: the raw-files sensor is evaluated and its
-events stored as the daemon would store them, `evaluate_automation_conditions` decides what each
-tick requests, and the requested assets are materialized into the same instance (with the tiny
-test config, as a deployment would launch them with its own). Everything is read back from the
-instance's event log and from MLflow.
+The daemon is played by hand, with Dagster's own pieces: the sweep sensor adds the variants of a
+one-variant sweep file as partitions, the raw-files sensor is evaluated and its events stored as
+the daemon would store them, `evaluate_automation_conditions` decides what each tick requests, and
+the requested assets are materialized into the same instance, one run per partition as the daemon
+launches them (with the tiny test config, as a deployment would launch them with its own).
+Everything is read back from the instance's event log and from MLflow.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +20,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from vae_pipeline.definitions import defs
-from vae_pipeline.defs.raw_files import RAW_FILES_ASSET, observe_raw_files
+from vae_pipeline.defs.raw_files import observe_raw_files
 from vae_pipeline.defs.resources import default_resources
+from vae_pipeline.defs.variants import SWEEP_ENV, sweep_variants
 from vae_pipeline_tests.defs.test_graph import run_config
 from vae_pipeline_tests.idx_files import write_mnist_slice
+from vae_pipeline_tests.variants import TINY_VARIANT
 
 pytestmark = [
     pytest.mark.slow,
@@ -31,8 +34,10 @@ pytestmark = [
 ]
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-MAX_TICKS = 12  # a drop needs one tick per layer of the graph (six); more means the automation loops
+MAX_TICKS = 12  # a drop needs one tick per layer of the graph (about seven); more means the automation loops
 MATERIALIZABLE = {k.to_user_string() for k in defs.resolve_asset_graph().materializable_asset_keys}
+# What one tick asks for: a run per partition, (partition key or None for the unpartitioned assets, asset names).
+Request = tuple[str | None, list[str]]
 
 
 @dataclass
@@ -63,34 +68,56 @@ class Deployment:
             self.instance.report_runless_asset_event(event)
         return len(result.asset_events or [])
 
-    def tick(self) -> list[str]:
-        """One automation tick: the asset keys it requests."""
+    def add_sweep(self, sweep_file: Path) -> list[str]:
+        """One evaluation of the sweep sensor, its partitions added as the daemon adds them; returns the keys added."""
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv(SWEEP_ENV, str(sweep_file))
+            result = sweep_variants(dg.build_sensor_context(instance=self.instance))
+        if not isinstance(result, dg.SensorResult):
+            return []
+        added = []
+        for request in result.dynamic_partitions_requests or []:
+            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            added += request.partition_keys
+        return added
+
+    def tick(self) -> list[Request]:
+        """One automation tick: what it requests, grouped into runs by partition (the unpartitioned assets first)."""
         result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.automation_cursor)
         self.automation_cursor = result.cursor
-        return sorted(r.key.to_user_string() for r in result.results
-                      if isinstance(r.key, dg.AssetKey) and r.true_subset.size)
+        by_partition: dict[str | None, list[str]] = defaultdict(list)
+        for r in result.results:
+            if isinstance(r.key, dg.AssetKey):
+                for partition in result.get_requested_partitions(r.key):
+                    by_partition[partition].append(r.key.to_user_string())
+        return [(p, sorted(by_partition[p])) for p in sorted(by_partition, key=lambda p: (p is not None, p or ""))]
 
-    def run(self, selection: list[str]) -> dg.ExecuteInProcessResult:
+    def run(self, selection: list[str], partition: str | None = None) -> dg.ExecuteInProcessResult:
         return dg.materialize(
             [*self.defs.assets, *self.defs.asset_checks], selection=selection,
             run_config={"ops": {k: v for k, v in self.config.items() if k in selection}},
-            resources=self.resources, instance=self.instance, raise_on_error=False,
+            resources=self.resources, instance=self.instance, partition_key=partition, raise_on_error=False,
         )
 
-    def settle(self) -> list[tuple[list[str], dg.ExecuteInProcessResult]]:
-        """Tick and run what is requested until a tick requests nothing."""
-        runs = []
+    def settle(self) -> list[tuple[Request, dg.ExecuteInProcessResult]]:
+        """Tick and run what is requested, a run per partition, until a tick requests nothing."""
+        runs, ticks = [], []
         for _ in range(MAX_TICKS):
             requested = self.tick()
             if not requested:
+                self.ticks = ticks
                 return runs
-            runs.append((requested, self.run(requested)))
-        raise AssertionError(f"automation still requests work after {MAX_TICKS} ticks: {[r for r, _ in runs]}")
+            ticks.append(requested)
+            runs += [((partition, assets), self.run(assets, partition)) for partition, assets in requested]
+        raise AssertionError(f"automation still requests work after {MAX_TICKS} ticks: {ticks}")
 
     def materializations(self) -> Counter:
+        """Materializations per asset and partition: "vae_model[z4-b1-bern]", "mnist_raw"."""
         counts = Counter()
         for key in MATERIALIZABLE:
-            counts[key] = len(self.instance.fetch_materializations(dg.AssetKey(key), limit=1000).records)
+            for record in self.instance.fetch_materializations(dg.AssetKey(key), limit=1000).records:
+                partition = record.partition_key
+                counts[f"{key}[{partition}]" if partition else key] += 1
         return counts
 
     def mlflow_counts(self) -> tuple[int, int]:
@@ -99,8 +126,21 @@ class Deployment:
         return len(runs), len(client.search_model_versions("name = 'vae-mnist'"))
 
 
-def _materialized(runs: list[tuple[list[str], dg.ExecuteInProcessResult]]) -> Counter:
-    return Counter(e.asset_key.to_user_string() for _, r in runs for e in r.get_asset_materialization_events())
+def _materialized(runs: list[tuple[Request, dg.ExecuteInProcessResult]]) -> Counter:
+    """Materializations per asset, with the partition for a partitioned one: "vae_model[z4-b1-bern]", "mnist_raw"."""
+    counts = Counter()
+    for _, result in runs:
+        for event in result.get_asset_materialization_events():
+            key, partition = event.asset_key.to_user_string(), event.partition
+            counts[f"{key}[{partition}]" if partition else key] += 1
+    return counts
+
+
+def _every_asset_once() -> dict[str, int]:
+    """Each asset once: the unpartitioned ones, and the tiny variant's partition of the partitioned ones."""
+    graph = defs.resolve_asset_graph()
+    return {key if graph.get(dg.AssetKey(key)).partitions_def is None else f"{key}[{TINY_VARIANT}]": 1
+            for key in MATERIALIZABLE}
 
 
 def _metadata(runs, asset: str) -> dict:
@@ -112,22 +152,33 @@ def _metadata(runs, asset: str) -> dict:
 def deployment(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("automation")
     watched = write_mnist_slice(mnist_dir, root / "raw", n_train=1200, n_test=300)
+    sweep = root / "sweep.yaml"
+    sweep.write_text("variants:\n  - {latent_dim: 4, beta: 1, likelihood: bernoulli}\n")  # TINY_VARIANT alone
     with pytest.MonkeyPatch.context() as env:
         env.setenv("VAE_PIPELINE_MNIST_DIR", str(watched))
         state = Deployment(root=root, watched=watched)
+        assert state.add_sweep(sweep) == [TINY_VARIANT]
         assert state.tick() == []  # the daemon's first tick only starts its cursor
         assert state.observe() == 1  # the first look at the folder is a new version of the raw files
         state.first_night = state.settle()
+        state.first_ticks = state.ticks
         yield state
 
 
 def test_the_first_drop_flows_down_once_layer_by_layer(deployment: Deployment) -> None:
     runs = deployment.first_night
-    assert _materialized(runs) == Counter({key: 1 for key in MATERIALIZABLE})
-    assert [r for r, _ in runs][:3] == [["mnist_raw"], ["mnist_tensors"], ["digit_classifier", "vae_model"]]
+    assert _materialized(runs) == Counter(_every_asset_once())  # sweep_comparison included
+    ticks = deployment.first_ticks
+    assert ticks[:3] == [
+        [(None, ["mnist_raw"])], [(None, ["mnist_tensors"])], [(None, ["digit_classifier"]), (TINY_VARIANT, ["vae_model"])]]
+    assert all(partition in (None, TINY_VARIANT) for tick in ticks for partition, _ in tick)
     assert all(result.success for _, result in runs)
     assert _metadata(runs, "vae_model")["reused"] is False
-    assert deployment.mlflow_counts() == (2, 1)  # the VAE's and the auto-encoder's runs; one registered version
+    # The VAE's and the auto-encoder's training runs and the sweep table's run; one registered version.
+    assert deployment.mlflow_counts() == (3, 1)
+    client = MlflowClient(tracking_uri=deployment.uri)
+    mlflow_runs = client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id])
+    assert sorted(r.data.tags.get("role") for r in mlflow_runs) == ["autoencoder", "sweep_comparison", "vae"]
 
 
 def test_a_second_night_with_nothing_changed_does_no_work(deployment: Deployment) -> None:
@@ -140,12 +191,12 @@ def test_a_second_night_with_nothing_changed_does_no_work(deployment: Deployment
 
 def test_a_forced_rematerialization_reuses_everything_and_triggers_nothing(deployment: Deployment) -> None:
     mlflow_before = deployment.mlflow_counts()
-    forced = deployment.run(sorted(MATERIALIZABLE))
+    forced = deployment.run(sorted(MATERIALIZABLE), TINY_VARIANT)
     assert forced.success
-    runs = [(sorted(MATERIALIZABLE), forced)]
+    runs = [((TINY_VARIANT, sorted(MATERIALIZABLE)), forced)]
     for asset in ("vae_model", "autoencoder_baseline", "digit_classifier", "latent_embeddings", "prior_samples",
-                  "reconstruction_report", "latent_evaluation"):
-        assert _metadata(runs, asset)["reused"] is True, asset
+                  "reconstruction_report", "latent_evaluation", "sweep_comparison"):
+        assert _metadata(runs, asset).get("reused") is True, asset
     assert deployment.mlflow_counts() == mlflow_before  # no new MLflow run, no new version
     # Every data version came out the same, so nothing downstream is stale: the next ticks request nothing.
     assert deployment.settle() == []
@@ -162,13 +213,13 @@ def test_a_new_drop_of_raw_files_retrains_once(deployment: Deployment) -> None:
     deployment.config["digit_classifier"] = {"config": {**deployment.config["digit_classifier"]["config"], "min_test_accuracy": 0.5}}
     runs = deployment.settle()
     after = deployment.materializations()
-    new = {key: after[key] - before[key] for key in MATERIALIZABLE}
-    assert new["vae_model"] == 1 and _metadata(runs, "vae_model")["reused"] is False
+    new = {key: after[key] - before[key] for key in _every_asset_once()}
+    assert new[f"vae_model[{TINY_VARIANT}]"] == 1 and _metadata(runs, "vae_model")["reused"] is False
     # Everything that depends on the data ran exactly once; the champion moves only if the gates passed.
     gates = [e for _, r in runs for e in r.get_asset_check_evaluations() if e.asset_key == dg.AssetKey("champion_comparison")]
     assert len(gates) == 3
     gates_passed = all(e.passed for e in gates)
-    assert new == {key: 1 for key in MATERIALIZABLE} | {"champion_model": 1 if gates_passed else 0}
+    assert new == _every_asset_once() | {f"champion_model[{TINY_VARIANT}]": 1 if gates_passed else 0}
     assert deployment.mlflow_counts()[1] == 2  # one new registered version
     assert deployment.observe() == 0 and deployment.settle() == []
 
@@ -186,9 +237,9 @@ def test_a_challenger_that_failed_its_gates_is_not_promoted_by_a_later_tick_or_b
     gates = {e.check_name: e.passed for _, r in runs for e in r.get_asset_check_evaluations()
              if e.asset_key == dg.AssetKey("champion_comparison")}
     assert gates["nll_not_worse_than_champion"] is False
-    assert all("champion_model" not in requested for requested, _ in runs)  # blocking checks ran in an earlier run
+    assert all("champion_model" not in assets for (_, assets), _ in runs)  # blocking checks ran in an earlier run
     assert client.get_model_version_by_alias("vae-mnist", "champion").version == champion
-    by_hand = deployment.run(["champion_model"])
+    by_hand = deployment.run(["champion_model"], TINY_VARIANT)
     assert not by_hand.success
     error = by_hand.get_step_failure_events()[0].event_specific_data.error
     failure = error.cause.message if error.cause else error.message  # the step's own exception, under Dagster's

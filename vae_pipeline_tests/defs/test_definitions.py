@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
 
 from vae_pipeline.definitions import defs
+from vae_pipeline.defs.variants import VARIANTS
 from vae_pipeline_tests.conftest import REPO_ROOT
+
+# One model's assets, one partition per variant (defs/variants.py); the data, the judge and the sweep's table are shared.
+PARTITIONED = {
+    "vae_model", "autoencoder_baseline", "latent_embeddings", "prior_samples", "reconstruction_report",
+    "latent_evaluation", "version_comparison", "champion_comparison", "champion_model",
+}
 
 
 def test_definitions_load_and_describe_every_asset() -> None:
@@ -19,12 +29,22 @@ def test_definitions_load_and_describe_every_asset() -> None:
         "mnist_raw_files", "mnist_raw", "mnist_tensors", "vae_model", "autoencoder_baseline", "latent_embeddings",
         "prior_samples", "reconstruction_report", "latent_evaluation", "champion_comparison", "champion_model",
         "version_comparison",
-        "digit_classifier",
+        "digit_classifier", "sweep_comparison",
     }
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert node.description, f"{key} has no description"
         assert node.group_name != "default", f"{key} has no group"
+
+
+def test_one_models_assets_are_partitioned_by_variant_and_the_rest_are_not() -> None:
+    graph = defs.resolve_asset_graph()
+    partitions = {k.to_user_string(): graph.get(k).partitions_def for k in graph.materializable_asset_keys}
+    assert {name for name, p in partitions.items() if p is not None} == PARTITIONED
+    assert all(partitions[name] == VARIANTS for name in PARTITIONED)
+    assert {name for name, p in partitions.items() if p is None} == {
+        "mnist_raw", "mnist_tensors", "digit_classifier", "sweep_comparison"}
+    assert graph.get(dg.AssetKey("mnist_raw_files")).partitions_def is None
 
 
 def test_every_asset_has_a_code_version_and_updates_on_new_data() -> None:
@@ -37,12 +57,27 @@ def test_every_asset_has_a_code_version_and_updates_on_new_data() -> None:
     assert not graph.get(dg.AssetKey("mnist_raw_files")).is_materializable  # an external asset: the raw folder
 
 
-def test_automation_and_raw_file_sensors_are_on_by_default_and_no_blind_schedule() -> None:
-    for name in ("automation", "observe_raw_files"):
+def test_automation_raw_file_and_sweep_sensors_are_on_by_default_and_no_blind_schedule() -> None:
+    for name in ("automation", "observe_raw_files", "sweep_variants"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
     assert not list(defs.schedules or [])
     job = defs.resolve_job_def("vae_pipeline_job")  # kept for the CLI and backfills
     assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} >= {"vae_model", "champion_model"}
+
+
+def test_automation_off_stops_the_sensors_that_start_work_by_default() -> None:
+    # The status is decided when the code location loads, so a fresh interpreter reads the variable.
+    probe = (
+        "from vae_pipeline.definitions import defs\n"
+        "for name in ('automation', 'observe_raw_files', 'sweep_variants', 'end_mlflow_runs_of_failed_runs'):\n"
+        "    print(name, defs.resolve_sensor_def(name).default_status.value)\n"
+    )
+    env = {**os.environ, "VAE_PIPELINE_AUTOMATION": "off"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    assert dict(line.split() for line in out.splitlines()) == {
+        "automation": "STOPPED", "observe_raw_files": "STOPPED", "sweep_variants": "STOPPED",
+        "end_mlflow_runs_of_failed_runs": "RUNNING",  # ending a dead run's MLflow run starts no work
+    }
 
 
 def test_the_failed_run_sensor_is_on_by_default() -> None:

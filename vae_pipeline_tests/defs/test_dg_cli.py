@@ -18,6 +18,8 @@ import tomlkit  # dg's own TOML reader, so this runs on Python 3.10 too (no toml
 import yaml
 
 from vae_pipeline_tests.conftest import REPO_ROOT
+from vae_pipeline_tests.defs.test_graph import TINY_TRAINING
+from vae_pipeline_tests.variants import TINY_VARIANT
 
 DG = Path(sys.executable).parent / "dg"
 PIPELINE_ASSETS = {
@@ -90,6 +92,32 @@ def test_dg_launch_exits_non_zero_when_the_run_fails(dg_env: dict[str, str]) -> 
     done = _dg(dg_env, "launch", "--assets", "mnist_raw", "--config-json", json.dumps(bad))
     assert done.returncode != 0, _output(done)
     assert "no_such_dataset" in done.stdout + done.stderr, _output(done)
+
+
+def test_dg_launch_trains_a_variant_once_it_is_a_partition(dg_env: dict[str, str], tmp_path: Path, mnist_slice_dir: Path) -> None:
+    # What scripts/pipeline.sh does: add the variant to the instance, then launch its partition.
+    selection = ["--assets", "mnist_raw,mnist_tensors,vae_model"]
+    config = {"ops": {
+        "mnist_raw": {"config": {"source_dir": str(mnist_slice_dir), "verify_md5": False, "allow_download": False}},
+        "mnist_tensors": {"config": {"val_size": 200}},
+        "vae_model": {"config": TINY_TRAINING},
+    }}
+    launch = [*selection, "--config-json", json.dumps(config)]
+    unknown = _dg(dg_env, "launch", *launch, "--partition", TINY_VARIANT)  # not a partition of this instance yet
+    assert unknown.returncode != 0 and f"partition key `{TINY_VARIANT}`" in unknown.stderr, _output(unknown)
+    added = subprocess.run([sys.executable, "-m", "vae_pipeline.variants_cli", "add", TINY_VARIANT], check=False,
+                           cwd=REPO_ROOT, env=dg_env, capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0 and f"added {TINY_VARIANT}" in added.stdout, _output(added)
+    unpicked = _dg(dg_env, "launch", *launch)  # a partitioned selection needs --partition
+    assert unpicked.returncode != 0 and "no '--partition' option was provided" in unpicked.stderr, _output(unpicked)
+    assert not (tmp_path / "data" / "models").exists()
+
+    done = _dg(dg_env, "launch", *launch, "--partition", TINY_VARIANT)
+    assert done.returncode == 0, _output(done)
+    assert "RUN_SUCCESS" in done.stderr, _output(done)
+    (manifest,) = (tmp_path / "data" / "manifests" / "vae_model" / TINY_VARIANT).glob("*.json")
+    trained = json.loads(manifest.read_text())
+    assert trained["variant"] == TINY_VARIANT and trained["model_config"]["latent_dim"] == 4
 
 
 def test_dg_dagster_dev_and_workspace_yaml_name_one_code_location() -> None:

@@ -14,6 +14,7 @@ from vae_pipeline.definitions import defs
 from vae_pipeline.defs.lineage import LineageError, load_model_store
 from vae_pipeline.defs.resources import PipelineStorage, default_resources
 from vae_pipeline_tests.defs.test_graph import TINY_TRAINING
+from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,8 @@ def ingest_and_embed(data_dir: Path, source_dir: Path, split_seed: int) -> dg.Ex
             "vae_model": {"config": TINY_TRAINING},
         }},
         resources=default_resources(str(data_dir), tracking_uri=uri),
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=add_variants(dg.DagsterInstance.ephemeral(), TINY_VARIANT),
+        partition_key=TINY_VARIANT,
     )
     assert result.success
     return result

@@ -15,27 +15,35 @@ from mlflow.tracking import MlflowClient
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline_tests.defs.test_graph import TINY_GATES, TINY_TRAINING
+from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 
 pytestmark = pytest.mark.slow
 
 SELECTION = ["mnist_raw", "mnist_tensors", "vae_model", "champion_comparison", "champion_model"]
 GATE_CONFIG = TINY_GATES
 UNTRAINED = {"learning_rate": 1e-7}  # one epoch at this rate leaves the initial weights: clearly worse
+PROMOTION_GATES = {"nll_not_worse_than_champion", "probe_not_worse_than_champion", "no_posterior_collapse"}
 
 
-def promote(data_dir: Path, source_dir: Path, training: dict | None = None, gate: dict | None = None) -> dg.ExecuteInProcessResult:
+def promote(
+    data_dir: Path, source_dir: Path, training: dict | None = None, gate: dict | None = None, *,
+    variant: str = TINY_VARIANT, selection: list[str] = SELECTION, instance: dg.DagsterInstance | None = None,
+) -> dg.ExecuteInProcessResult:
+    """Materialize `selection` for one variant, in `instance` (a fresh ephemeral one by default)."""
     uri = f"sqlite:///{data_dir / 'mlflow.db'}"
+    configs = {
+        "mnist_raw": {"config": {"source_dir": str(source_dir), "verify_md5": False, "allow_download": False}},
+        "mnist_tensors": {"config": {"val_size": 200}},
+        "vae_model": {"config": {**TINY_TRAINING, **(training or {})}},
+        "champion_comparison": {"config": {**GATE_CONFIG, **(gate or {})}},
+    }
     return dg.materialize(
         [*defs.assets, *defs.asset_checks],
-        selection=SELECTION,
-        run_config={"ops": {
-            "mnist_raw": {"config": {"source_dir": str(source_dir), "verify_md5": False, "allow_download": False}},
-            "mnist_tensors": {"config": {"val_size": 200}},
-            "vae_model": {"config": {**TINY_TRAINING, **(training or {})}},
-            "champion_comparison": {"config": {**GATE_CONFIG, **(gate or {})}},
-        }},
+        selection=selection,
+        run_config={"ops": {asset: config for asset, config in configs.items() if asset in selection}},
         resources=default_resources(str(data_dir), tracking_uri=uri),
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=add_variants(instance or dg.DagsterInstance.ephemeral(), variant),
+        partition_key=variant,
         raise_on_error=False,
     )
 
@@ -47,6 +55,13 @@ def champion(data_dir: Path) -> int:
 
 def gates(result: dg.ExecuteInProcessResult) -> dict[str, tuple[bool, str]]:
     return {e.check_name: (e.passed, e.description) for e in result.get_asset_check_evaluations()}
+
+
+def gates_passed(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether every promotion gate evaluated in `result` passed (the data checks are not gates)."""
+    outcome = gates(result)
+    assert PROMOTION_GATES <= set(outcome), outcome
+    return all(outcome[gate][0] for gate in PROMOTION_GATES)
 
 
 def comparison(result: dg.ExecuteInProcessResult) -> dict:
@@ -69,7 +84,7 @@ def test_a_clearly_worse_challenger_stays_challenger(tmp_path: Path, mnist_slice
 
 def test_a_gaussian_challenger_is_not_compared_with_a_bernoulli_champion(tmp_path: Path, mnist_slice_dir: Path) -> None:
     assert promote(tmp_path, mnist_slice_dir).success
-    gaussian = promote(tmp_path, mnist_slice_dir, training={"likelihood": "gaussian"})
+    gaussian = promote(tmp_path, mnist_slice_dir, variant="z4-b1-gauss")  # the variant sets the likelihood
     outcome = gates(gaussian)
     for gate in ("nll_not_worse_than_champion", "probe_not_worse_than_champion"):
         passed, text = outcome[gate]
@@ -90,3 +105,54 @@ def test_a_champion_measured_with_another_k_is_measured_again(tmp_path: Path, mn
     assert figures["protocol"]["iwae_k"] == 30
     assert figures["champion_val_iwae_nll"] > figures["val_iwae_nll"] + 1.0
     assert champion(tmp_path) == 2
+
+
+def _refusal(result: dg.ExecuteInProcessResult) -> str:
+    """The message champion_model failed with, which must be a PromotionRefused."""
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "champion_model"
+    error = failure.event_specific_data.error.cause  # Dagster wraps what the step raised
+    assert error.cls_name == "PromotionRefused", error
+    return error.message
+
+
+def test_a_variant_compared_with_a_champion_that_has_since_moved_is_compared_again(
+    tmp_path: Path, mnist_slice_dir: Path
+) -> None:
+    """Variants are promoted one partition at a time: the alias moves only from the champion a version was measured against."""
+    instance = dg.DagsterInstance.ephemeral()  # one instance: later runs read the manifests earlier ones made
+    assert promote(tmp_path, mnist_slice_dir, instance=instance).success and champion(tmp_path) == 1
+    # Two variants, each trained longer than v1 and compared with champion v1, neither promoted yet.
+    first, second = "z8-b1-bern", "z6-b1-bern"
+    compare_only = SELECTION[:-1]
+    compared = {
+        variant: promote(tmp_path, mnist_slice_dir, training={"epochs": 12}, variant=variant, selection=compare_only,
+                         instance=instance)
+        for variant in (first, second)
+    }
+    for variant, result in compared.items():
+        assert result.success, (variant, gates(result))
+        assert gates_passed(result), (variant, gates(result))  # so that what refuses it below is not a gate
+        assert comparison(result)["champion_version"] == 1
+    versions = {v: r.asset_materializations_for_node("vae_model")[0].metadata["model_version"].value for v, r in compared.items()}
+    assert versions == {first: 2, second: 3}
+
+    assert promote(tmp_path, mnist_slice_dir, variant=first, selection=["champion_model"], instance=instance).success
+    assert champion(tmp_path) == 2
+    stale = promote(tmp_path, mnist_slice_dir, variant=second, selection=["champion_model"], instance=instance)
+    assert not stale.success
+    message = _refusal(stale)
+    assert "v3 was compared with champion v1, but the champion is now v2" in message
+    assert f"re-materialize champion_comparison[{second}]" in message
+    assert champion(tmp_path) == 2  # the alias did not move
+
+    # Measured again against the current champion, the second variant is promoted if, and only if, its gates pass.
+    again = promote(tmp_path, mnist_slice_dir, variant=second, selection=["champion_comparison", "champion_model"],
+                    instance=instance)
+    assert comparison(again)["champion_version"] == 2 and comparison(again)["model_version"] == 3
+    promoted = "champion_model" in {e.asset_key.to_user_string() for e in again.get_asset_materialization_events()}
+    if gates_passed(again):
+        assert again.success and promoted and champion(tmp_path) == 3
+        assert again.asset_materializations_for_node("champion_model")[0].metadata["previous_champion"].value == 2
+    else:
+        assert not again.success and not promoted and champion(tmp_path) == 2, gates(again)

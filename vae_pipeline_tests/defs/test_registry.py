@@ -27,6 +27,7 @@ from vae_pipeline_tests.defs.test_graph import (
     TINY_JUDGE,
     TINY_TRAINING,
 )
+from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,8 @@ def _materialize(data_dir: Path, source_dir: Path, selection: list[str], trainin
     if "latent_evaluation" in selection:
         ops |= {"latent_evaluation": {"config": TINY_EVALUATION}, "digit_classifier": {"config": TINY_JUDGE}}
     return dg.materialize([*defs.assets, *defs.asset_checks], selection=selection, run_config={"ops": ops},
-                          resources=resources, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+                          resources=resources, instance=add_variants(dg.DagsterInstance.ephemeral(), TINY_VARIANT),
+                          partition_key=TINY_VARIANT, raise_on_error=False)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,8 @@ class TestVersionTags:
                           (3, "mlp 64 z4 beta1 bernoulli, 2 epochs, batch_size 100, learning_rate 1e-07, seed 2")):
             tags, run = registry.versions[n].tags, registry.mlflow_runs[n]
             assert tags["config"] == config
+            assert tags["variant"] == TINY_VARIANT  # the partition key the version was trained for
+            assert run.data.tags["variant"] == run.data.params["variant"] == TINY_VARIANT
             assert tags["dataset"] == "mnist"
             assert re.fullmatch(r"[0-9a-f]{64}", tags["data_version"]) and tags["data_version"] == run.data.tags["data_version"]
             assert tags["fingerprint"] == run.data.tags["fingerprint"]
@@ -119,7 +123,8 @@ class TestDescription:
     def test_it_reads_as_what_the_version_is_how_it_measured_and_whether_it_passed(self, registry) -> None:
         v2, run_id = registry.versions[2], registry.runs[2].run_id
         text = v2.description
-        assert text.startswith(f"**{v2.tags['config']}** on mnist, data version `{v2.tags['data_version'][:12]}`")
+        assert text.startswith(f"Variant `{TINY_VARIANT}`: **{v2.tags['config']}** on mnist, "
+                               f"data version `{v2.tags['data_version'][:12]}`")
         assert f"[{run_id[:8]}](http://dagster.test:3000/runs/{run_id})" in text
         assert f"IWAE NLL {v2.tags['gate_iwae_nll']} ± {v2.tags['gate_iwae_nll_se']} nats" in text
         assert "Promotion gates: **passed**\n- nll: passed: " in text

@@ -22,6 +22,7 @@ from vae_pipeline.definitions import defs
 from vae_pipeline.defs.lineage import load_trained_model
 from vae_pipeline.defs.resources import PipelineStorage, default_resources
 from vae_pipeline_tests.defs.test_graph import run_config
+from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +36,13 @@ def _no_tracking_uri_from_the_environment() -> Iterator[None]:
 
 
 def materialize(data_dir: Path, source_dir: Path, tracking_uri: str | None = None) -> tuple[dg.ExecuteInProcessResult, list[str]]:
-    """The whole job on `data_dir`; returns the result and the run's log messages."""
-    instance = dg.DagsterInstance.ephemeral()
+    """The whole job for the tiny variant on `data_dir`; returns the result and the run's log messages."""
+    instance = add_variants(dg.DagsterInstance.ephemeral(), TINY_VARIANT)
     result = defs.resolve_job_def("vae_pipeline_job").execute_in_process(
         run_config=run_config(source_dir),
         resources=default_resources(str(data_dir), tracking_uri=tracking_uri),
         instance=instance,
+        partition_key=TINY_VARIANT,
         raise_on_error=False,
     )
     messages = [entry.user_message for entry in instance.all_logs(result.run_id)]

@@ -12,17 +12,38 @@ import pytest
 
 from vae_pipeline.core.config import ConfigError
 from vae_pipeline.defs.resources import DATA_DIR_ENV, default_resources
-from vae_pipeline.defs.validation import CONFIG_CHECKS, check_run_config, checked_executor
+from vae_pipeline.defs.validation import (
+    CONFIG_CHECKS,
+    PARTITION_TAG,
+    check_run_config,
+    check_run_partition,
+    checked_executor,
+)
 from vae_pipeline_tests.defs.test_graph import run_config
+from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 
 # (vae_model config override, words the message must contain)
 BAD_TRAINING = {
     "negative epochs": ({"epochs": -3}, ["ops.vae_model.config", "epochs=-3", "at least 1"]),
-    "latent dim 0": ({"latent_dim": 0}, ["ops.vae_model.config", "latent_dim=0", "at least 1"]),
-    "unknown likelihood": ({"likelihood": "poisson"}, ["ops.vae_model.config", "likelihood='poisson'", "bernoulli, gaussian"]),
     "batch larger than any split": ({"batch_size": 100_000}, ["ops.vae_model.config", "batch_size=100000", "smaller batch_size"]),
     "cuda without a GPU": ({"device": "cuda"}, ["ops.vae_model.config", "device='cuda'", "device=auto or cpu"]),
 }
+
+# Latent size, beta and likelihood are the variant's, the run's partition key (defs/variants.py), so
+# a latent size of 0 or an unknown likelihood is a bad key; a user can add any key from the UI.
+# (A run that skips this check, such as materialize, fails in vae_model itself: test_variants.py.)
+BAD_VARIANTS = {
+    "latent dim 0": "z0-b1-bern",
+    "unknown likelihood": "z4-b1-poisson",
+    "not a variant key": "foo",
+}
+
+
+def _assert_names_the_key_and_the_fix(message: str, key: str) -> None:
+    """The message for the bad partition `key` says the key, the form a key has, and what to do."""
+    for words in (f"partition {key!r}", "z<latent_dim>-b<beta>-<bern|gauss>", "e.g. z20-b1-bern"):
+        assert words in message
+    assert "delete that partition in the ui" in message.lower()
 
 
 # Configs of the assets after training: before, they were checked only when their step ran, so
@@ -67,6 +88,17 @@ class TestCheckRunConfig:
             check_run_config(_bad_config(case))
         for words in BAD_TRAINING[case][1]:
             assert words in str(info.value)
+
+    @pytest.mark.parametrize("case", sorted(BAD_VARIANTS))
+    def test_each_bad_partition_key_names_the_key_and_the_fix(self, case: str) -> None:
+        key = BAD_VARIANTS[case]
+        with pytest.raises(ConfigError) as info:
+            check_run_partition({PARTITION_TAG: key})
+        _assert_names_the_key_and_the_fix(str(info.value), key)
+
+    def test_a_good_partition_key_or_none_passes(self) -> None:
+        check_run_partition({PARTITION_TAG: TINY_VARIANT})
+        check_run_partition({})  # a run of the unpartitioned assets (ingest, the judge, the sweep table)
 
     @pytest.mark.parametrize("case", sorted(BAD_DOWNSTREAM))
     def test_each_bad_downstream_value_names_the_asset_field_and_fix(self, case: str) -> None:
@@ -184,13 +216,15 @@ def _unreachable_broker() -> dict[str, object]:
     }
 
 
-def _run_without_steps(run_config: dict, *, config_error: bool = False) -> str:
-    """Run the whole graph; assert it failed before any step started; return the failure's text.
+def _run_without_steps(run_config: dict, *, config_error: bool = False, partition: str = TINY_VARIANT) -> str:
+    """Run the whole graph for the variant `partition`; assert it failed before any step started; return the failure's text.
 
     With `config_error`, also that the run is marked not to be retried: the same config fails again.
     """
     with dg.instance_for_test() as instance:
-        result = dg.execute_job(dg.reconstructable(checked_job), instance, run_config=run_config)
+        add_variants(instance, partition)  # as the UI's "Add partition" would, whatever the key
+        result = dg.execute_job(dg.reconstructable(checked_job), instance, run_config=run_config,
+                                tags={PARTITION_TAG: partition})
         assert not result.success
         assert [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START] == []
         failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
@@ -207,6 +241,13 @@ class TestRunFailsBeforeAnyStep:
         message = _run_without_steps(_bad_config(case, mnist_slice_dir), config_error=True)
         for words in BAD_TRAINING[case][1]:
             assert words in message
+        assert _files(data_dir) == []
+
+    @pytest.mark.parametrize("case", sorted(BAD_VARIANTS))
+    def test_bad_partition_key(self, case: str, data_dir: Path, mnist_slice_dir: Path) -> None:
+        key = BAD_VARIANTS[case]
+        message = _run_without_steps(run_config(mnist_slice_dir).to_config_dict(), config_error=True, partition=key)
+        _assert_names_the_key_and_the_fix(message, key)
         assert _files(data_dir) == []
 
     @pytest.mark.parametrize("execution", ["in_process", "multiprocess", "celery"])
