@@ -24,12 +24,18 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
+from vae_pipeline.defs.variants import VARIANTS
 from vae_pipeline_tests.conftest import REPO_ROOT
 from vae_pipeline_tests.defs.test_graph import run_config
+from vae_pipeline_tests.variants import TINY_VARIANT
 
 BIN = Path(sys.executable).parent
 ARTIFACTS = REPO_ROOT / "test-artifacts"  # git-ignored; CI keeps screenshots and server logs here
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+REPOSITORY = {"repositoryLocationName": "vae_pipeline", "repositoryName": "__repository__"}
+ADD_PARTITION = """mutation($repo: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $repo, partitionsDefName: $name, partitionKey: $key) {
+    __typename ... on Error { message } } }"""
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -166,14 +172,26 @@ class DagsterDev:
 
         return DagsterGraphQLClient("127.0.0.1", port_number=self.server.port, timeout=60)
 
+    def add_variants(self, *keys: str) -> None:
+        """Make `keys` partitions of the model variants, as the UI's "Add partition" does (those there already are kept)."""
+        for key in keys:
+            result = self.graphql(ADD_PARTITION, {"repo": REPOSITORY, "name": VARIANTS.name, "key": key})["addDynamicPartition"]
+            assert result["__typename"] in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"), result
+
+    def variants(self) -> list[str]:
+        """The partition keys the UI offers for vae_model: the variants, in the order they were added."""
+        data = self.graphql("""{ assetNodeOrError(assetKey: {path: ["vae_model"]}) { ... on AssetNode { partitionKeys } } }""")
+        return data["assetNodeOrError"]["partitionKeys"]
+
     def launch(
         self, config: dict[str, Any], job: str = "vae_pipeline_job", tags: dict[str, str] | None = None,
-        assets: list[str] | None = None,
+        assets: list[str] | None = None, variant: str = TINY_VARIANT,
     ) -> str:
-        """Launch a run of `job` (or of its `assets`) through the GraphQL API (the dagster-graphql client); returns its id."""
+        """Launch a run of `job` (or of its `assets`) for one variant through the GraphQL API (the dagster-graphql
+        client); returns its id. The variant must be a partition already (`add_variants`)."""
         return self.client().submit_job_execution(
             job, repository_location_name="vae_pipeline", repository_name="__repository__", run_config=config,
-            tags=tags, asset_selection=assets,
+            tags={"dagster/partition": variant, **(tags or {})}, asset_selection=assets,
         )
 
     def wait(self, run_id: str, timeout_s: float = 300) -> str:
@@ -196,9 +214,11 @@ class DagsterDev:
         return data["logsForRun"]["events"]
 
 
-def manifest(data_dir: Path, asset: str, run_id: str) -> dict[str, Any]:
-    """What `asset` handed downstream in run `run_id` (its IO manager's JSON record)."""
-    return json.loads((data_dir / "manifests" / asset / f"{run_id}.json").read_text())
+def manifest(data_dir: Path, asset: str, run_id: str, variant: str | None = TINY_VARIANT) -> dict[str, Any]:
+    """What `asset` handed downstream in run `run_id` (its IO manager's JSON record): of partition `variant`,
+    or of an unpartitioned asset (mnist_tensors, digit_classifier, sweep_comparison) with variant=None."""
+    folder = data_dir / "manifests" / asset
+    return json.loads(((folder / variant if variant else folder) / f"{run_id}.json").read_text())
 
 
 LOCATION_QUERY = """{ workspaceOrError { __typename ... on Workspace { locationEntries {
@@ -238,6 +258,8 @@ def dagster_dev(e2e_root: Path, mlflow_server: Server, mnist_slice_dir: Path) ->
             return bool(loaded)
 
         wait_for("code location vae_pipeline", location_loaded, 180, log=server.log)
+        # The variant the tiny config trains, as a user adds it in the UI (the sweep sensor is off here).
+        dev.add_variants(TINY_VARIANT)
         yield dev
     finally:
         server.stop()
@@ -255,7 +277,7 @@ def tiny_config(mnist_slice_dir: Path) -> Callable[..., dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def first_run(dagster_dev: DagsterDev, tiny_config: Callable[..., dict[str, Any]]) -> str:
-    """The whole graph materialized once through GraphQL (seed 0); the run id."""
+    """The whole graph materialized once through GraphQL (seed 0, the tiny variant); the run id."""
     run_id = dagster_dev.launch(tiny_config(seed=0))
     status = dagster_dev.wait(run_id, timeout_s=400)
     assert status == "SUCCESS", [e for e in dagster_dev.run_events(run_id) if "Failure" in e["__typename"]]

@@ -1,10 +1,13 @@
 """Materialize the pipeline in this process, so that a fault test can kill it (kill -9) where it wants.
 
-    python -m vae_pipeline_tests.e2e.driver --data-dir D --source-dir S --seed N [--select a,b] [--crash-before-replace .parquet]
+    python -m vae_pipeline_tests.e2e.driver --data-dir D --source-dir S --seed N [--variant z4-b1-bern] [--select a,b]
+        [--crash-before-replace .parquet]
 
 `--crash-before-replace SUFFIX` kills this process with SIGKILL at the moment the atomic writer
 (core/atomic.py) is about to rename a finished temporary file over a path ending in SUFFIX: the
-worst moment for a crash, made deterministic. Training options default to the tiny test config.
+worst moment for a crash, made deterministic. Training options default to the tiny test config, the
+variant (the partition of the model assets) to the tiny variant; each run has an ephemeral instance
+of its own, to which the variant is added first.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None, help="default: sqlite under the data folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--training", default="{}", help="JSON overrides of vae_model's config")
+    parser.add_argument("--variant", default=None, help="the partition key: latent size, beta, likelihood (default: the tiny variant)")
     parser.add_argument("--tensors", default='{"val_size": 200}', help="JSON config of mnist_tensors")
     parser.add_argument("--verify-md5", action="store_true")
     parser.add_argument("--select", default=None, help="comma-separated asset keys; default the whole job")
@@ -49,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from vae_pipeline.definitions import defs
     from vae_pipeline.defs.resources import default_resources
     from vae_pipeline_tests.defs.test_graph import TINY_COMPARISON, TINY_EVALUATION, TINY_GATES, TINY_JUDGE, TINY_TRAINING
+    from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 
     config = {
         "mnist_raw": {"config": {"source_dir": args.source_dir, "verify_md5": args.verify_md5, "allow_download": False}},
@@ -60,19 +65,21 @@ def main(argv: list[str] | None = None) -> int:
         "digit_classifier": {"config": TINY_JUDGE},
     }
     resources = default_resources(args.data_dir, tracking_uri=args.tracking_uri)
+    variant = args.variant or TINY_VARIANT
+    instance = add_variants(dg.DagsterInstance.ephemeral(), variant)
     if args.select:
         selection = args.select.split(",")
         config = {k: v for k, v in config.items() if k in selection}
         result = dg.materialize(
             list(defs.assets), selection=selection, run_config={"ops": config}, resources=resources,
-            instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+            instance=instance, partition_key=variant, raise_on_error=False,
         )
     else:
         result = defs.resolve_job_def("vae_pipeline_job").execute_in_process(
-            run_config={"ops": config}, resources=resources, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+            run_config={"ops": config}, resources=resources, instance=instance, partition_key=variant, raise_on_error=False
         )
     materialized = sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()})
-    print(json.dumps({"success": result.success, "run_id": result.run_id, "materialized": materialized}), flush=True)
+    print(json.dumps({"success": result.success, "run_id": result.run_id, "variant": variant, "materialized": materialized}), flush=True)
     return 0 if result.success else 1
 
 

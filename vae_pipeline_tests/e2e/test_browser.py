@@ -5,13 +5,17 @@ Screenshots are kept in test-artifacts/screenshots/ (git-ignored) for a person t
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 
+import dagster as dg
 import pytest
 
+from vae_pipeline.definitions import defs
 from vae_pipeline_tests.e2e.conftest import ARTIFACTS, DagsterDev
 from vae_pipeline_tests.e2e.test_servers import ASSETS
+from vae_pipeline_tests.variants import TINY_VARIANT
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +26,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
 ]
 SHOTS = ARTIFACTS / "screenshots"
+# The model assets, partitioned by variant: their graph node shows the share of partitions materialized
+# ("100% filled") where an unpartitioned one shows "Materialized".
+PARTITIONED = {asset for asset in ASSETS if defs.resolve_assets_def(dg.AssetKey(asset)).partitions_def is not None}
+SOME_FILLED = re.compile(r"^[1-9][0-9]*% filled$")  # at least one variant materialized (more may exist than were run)
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +64,23 @@ def test_the_asset_graph_shows_every_asset(page, dagster_dev: DagsterDev) -> Non
     page.get_by_text("training", exact=True).first.wait_for(state="visible")
     _dismiss_welcome(page)
     page.keyboard.press("Alt+e")  # the graph's "Expand all groups" shortcut
+    assert PARTITIONED and PARTITIONED < ASSETS
     try:
         for asset in sorted(ASSETS):
-            page.get_by_text(asset, exact=True).first.wait_for(state="visible")
-        assert page.get_by_text("Materialized", exact=True).count() >= len(ASSETS)
+            # The asset's node: the innermost box with its name and its rows ("Latest event", ...).
+            node = page.locator("div").filter(has=page.get_by_text(asset, exact=True)).filter(has_text="Latest event").last
+            status = node.get_by_text(SOME_FILLED) if asset in PARTITIONED else node.get_by_text("Materialized", exact=True)
+            status.first.wait_for(state="visible")
     finally:
         page.screenshot(path=str(SHOTS / "asset_graph.png"))
 
 
 def test_the_prior_samples_page_shows_the_picture(page, dagster_dev: DagsterDev) -> None:  # noqa: ANN001
-    page.goto(f"{dagster_dev.url}/assets/prior_samples", wait_until="domcontentloaded")
+    # The tiny variant's partition, as a user picks it in the asset's Partitions tab.
+    page.goto(f"{dagster_dev.url}/assets/prior_samples?view=partitions&partition={TINY_VARIANT}", wait_until="domcontentloaded")
     _dismiss_welcome(page)
-    # The latest materialization's metadata table shows markdown behind a button; the PNG is a data URI in it.
+    page.get_by_text(TINY_VARIANT, exact=True).first.wait_for(state="visible")
+    # The partition's latest materialization: its metadata table shows markdown behind a button; the PNG is a data URI in it.
     row = page.locator("tr", has_text="prior_samples").filter(has_text="Show Markdown").first
     row.get_by_text("Show Markdown").click()
     image = page.get_by_role("dialog").locator('img[src^="data:image/png"]').first

@@ -1,6 +1,8 @@
 """The Celery executor with real processes: Redis as broker, two Celery workers, the whole graph.
 
-`dg launch` runs the tiny whole graph with `execution: {config: {celery: ...}}` in an instance and
+`dg launch` runs the tiny whole graph (the tiny variant's partition, added to the instance first
+with `python -m vae_pipeline.variants_cli add`, as scripts/pipeline.sh does) with
+`execution: {config: {celery: ...}}` in an instance and
 data folder of its own (the instance config the scripts create, MLflow's default sqlite store under
 the data folder): the session's `dagster dev` keeps its registry and champion to the other tests.
 Its process only orchestrates: every step is a Celery task that one of two workers
@@ -27,6 +29,7 @@ import yaml
 
 from vae_pipeline_tests.conftest import REPO_ROOT
 from vae_pipeline_tests.e2e.conftest import ARTIFACTS, BIN, Server, child_env, free_port, start_server, wait_for
+from vae_pipeline_tests.variants import TINY_VARIANT
 
 pytestmark = pytest.mark.slow
 
@@ -134,10 +137,16 @@ def test_whole_graph_on_two_celery_workers(
 ) -> None:
     config = {**tiny_config(seed=0), "execution": {"config": {"celery": celery_executor_config}}}
     log = ARTIFACTS / "logs" / "celery-launch.log"
-    started = time.monotonic()
     with open(log, "wb") as out:
+        added = subprocess.run(
+            [sys.executable, "-m", "vae_pipeline.variants_cli", "add", TINY_VARIANT],
+            cwd=REPO_ROOT, env=child_env(**run_env), stdout=out, stderr=subprocess.STDOUT, timeout=120, check=False,
+        )
+    assert added.returncode == 0, log.read_text(errors="replace")[-4000:]
+    started = time.monotonic()
+    with open(log, "ab") as out:
         launch = subprocess.run(
-            [str(BIN / "dg"), "launch", "--job", "vae_pipeline_job", "--config-json", json.dumps(config)],
+            [str(BIN / "dg"), "launch", "--job", "vae_pipeline_job", "--partition", TINY_VARIANT, "--config-json", json.dumps(config)],
             cwd=REPO_ROOT, env=child_env(**run_env), stdout=out, stderr=subprocess.STDOUT, timeout=300, check=False,
         )
     elapsed = time.monotonic() - started
@@ -146,6 +155,7 @@ def test_whole_graph_on_two_celery_workers(
     with dg.DagsterInstance.from_config(run_env["DAGSTER_HOME"]) as instance:
         (run,) = instance.get_runs()
         assert run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.tags["dagster/partition"] == TINY_VARIANT
         events = [e.dagster_event for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
     starts = {e.step_key: e.pid for e in events if e.event_type == dg.DagsterEventType.STEP_START}
     materialized = {e.asset_key.to_user_string() for e in events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION}

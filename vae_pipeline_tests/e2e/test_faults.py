@@ -20,14 +20,16 @@ import torch
 
 from vae_pipeline.core.checkpoint import load_checkpoint
 from vae_pipeline.core.train import TIMING_KEYS
+from vae_pipeline.defs.variants import DEFAULT_VARIANT
 from vae_pipeline_tests.conftest import REPO_ROOT
 from vae_pipeline_tests.e2e.conftest import ARTIFACTS, DagsterDev, child_env, manifest, mlflow_client
 
 pytestmark = pytest.mark.slow
 
-# Real-sized training (full MNIST, the default 784-400-20 model) so that an epoch lasts long
-# enough (about 1.5 s on 2 cores) to be killed in the middle of the run.
-KILL_TRAINING = {"hidden_dims": [400], "latent_dim": 20, "epochs": 4, "batch_size": 128, "device": "cpu"}
+# Real-sized training (full MNIST, the default 784-400-20 model: the default variant z20-b1-bern) so
+# that an epoch lasts long enough (about 1.5 s on 2 cores) to be killed in the middle of the run.
+KILL_TRAINING = {"hidden_dims": [400], "epochs": 4, "batch_size": 128, "device": "cpu"}
+KILL_VARIANT = DEFAULT_VARIANT.key
 KILL_SELECTION = "mnist_raw,mnist_tensors,vae_model"
 
 
@@ -60,7 +62,7 @@ def _weights_and_history(folder: Path) -> tuple[dict[str, torch.Tensor], list[di
 class TestKillDuringTraining:
     def test_resume_ends_where_an_uninterrupted_run_ends(self, tmp_path: Path, mnist_dir: Path) -> None:
         args = ["--select", KILL_SELECTION, "--verify-md5", "--tensors", '{"val_size": 10000}',
-                "--training", json.dumps(KILL_TRAINING)]
+                "--training", json.dumps(KILL_TRAINING), "--variant", KILL_VARIANT]
         killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
 
         # 1. Start, wait for the first epoch's checkpoint, kill -9 the whole process group.
@@ -97,6 +99,7 @@ class TestKillDuringTraining:
         steps = sorted(m.step for m in client.get_metric_history(mlflow_run, "val_neg_elbo"))
         assert steps[-1] == KILL_TRAINING["epochs"] and set(steps) >= set(range(killed_at + 1, KILL_TRAINING["epochs"] + 1))
         assert client.get_run(mlflow_run).info.status == "FINISHED"
+        assert client.get_run(mlflow_run).data.params["variant"] == summary["variant"] == KILL_VARIANT
         assert len(client.search_model_versions("name='vae-mnist'")) == 1
 
         # 3. An uninterrupted run elsewhere ends in the same place, bit for bit.

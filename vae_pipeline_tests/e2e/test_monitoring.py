@@ -23,8 +23,10 @@ from vae_pipeline_tests.e2e.conftest import TERMINAL, DagsterDev, manifest, mlfl
 
 pytestmark = pytest.mark.slow
 
-# Long enough on the 1,000-image slice (about a minute) to be killed while training.
-LONG_TRAINING = {"hidden_dims": [256], "latent_dim": 8, "epochs": 400, "batch_size": 50, "device": "cpu", "seed": 77}
+# Long enough on the 1,000-image slice (about a minute) to be killed while training; latent size 8
+# (the variant z8-b1-bern).
+LONG_TRAINING = {"hidden_dims": [256], "epochs": 400, "batch_size": 50, "device": "cpu", "seed": 77}
+LONG_VARIANT = "z8-b1-bern"
 # Another seed (another checkpoint folder); killed within a second of its first epoch, so 60 epochs leave
 # plenty to resume, and the retry finishes in about a minute on two busy cores.
 RETRIED_TRAINING = {**LONG_TRAINING, "epochs": 60, "seed": 78}
@@ -76,8 +78,9 @@ def test_a_killed_run_worker_fails_the_run_and_ends_its_mlflow_run(
 ) -> None:
     config = tiny_config()
     config["ops"]["vae_model"]["config"].update(LONG_TRAINING)
+    dagster_dev.add_variants(LONG_VARIANT)
     # Opted out of run retries: a retry would take the MLflow run over again (see the next test).
-    run_id = dagster_dev.launch(config, tags={"dagster/max_retries": "0"})
+    run_id = dagster_dev.launch(config, tags={"dagster/max_retries": "0"}, variant=LONG_VARIANT)
     wait_for("vae_model to start training", lambda: _step_started(dagster_dev, run_id, "vae_model"), 240, 1.0)
     client = mlflow_client(dagster_dev.tracking_uri)
     assert wait_for("the MLflow run of the training", lambda: _mlflow_run(client, run_id), 120, 1.0).info.status == "RUNNING"
@@ -99,7 +102,8 @@ def test_a_run_whose_worker_died_is_retried_and_resumes_training_from_its_checkp
 ) -> None:
     ops = tiny_config()["ops"]
     ops["vae_model"]["config"].update(RETRIED_TRAINING)
-    run_id = dagster_dev.launch({"ops": {asset: ops[asset] for asset in TRAINING_ONLY}}, assets=TRAINING_ONLY)
+    dagster_dev.add_variants(LONG_VARIANT)
+    run_id = dagster_dev.launch({"ops": {asset: ops[asset] for asset in TRAINING_ONLY}}, assets=TRAINING_ONLY, variant=LONG_VARIANT)
     wait_for("vae_model to start training", lambda: _step_started(dagster_dev, run_id, "vae_model"), 240, 1.0)
     client = mlflow_client(dagster_dev.tracking_uri)
     started = wait_for("the MLflow run of the training", lambda: _mlflow_run(client, run_id), 120, 1.0)
@@ -124,6 +128,7 @@ def test_a_run_whose_worker_died_is_retried_and_resumes_training_from_its_checkp
     (retry,) = wait_for("the automatic retry", lambda: _retries_of(dagster_dev, run_id), 180, 2.0)
     tags = _tags(dagster_dev, retry)
     assert (tags["dagster/parent_run_id"], tags["dagster/root_run_id"], tags["dagster/retry_number"]) == (run_id, run_id, "1")
+    assert tags["dagster/partition"] == LONG_VARIANT  # the retry trains the same variant
     assert _tags(dagster_dev, run_id)["dagster/auto_retry_run_id"] == retry
     assert dagster_dev.wait(retry, timeout_s=600) == "SUCCESS"
     assert not _step_started(dagster_dev, retry, "mnist_tensors")  # from the failure: ingest is not redone
@@ -133,7 +138,7 @@ def test_a_run_whose_worker_died_is_retried_and_resumes_training_from_its_checkp
     assert resumed_after >= killed_at
     trained = [int(found.group(1)) for m in messages if (found := re.match(rf"vae epoch (\d+)/{epochs} ", m))]
     assert trained == list(range(resumed_after + 1, epochs + 1))  # the epochs before the kill were not trained again
-    vae = manifest(dagster_dev.data_dir, "vae_model", retry)
+    vae = manifest(dagster_dev.data_dir, "vae_model", retry, LONG_VARIANT)
     assert (vae["mlflow_run_id"], vae["reused"]) == (started.info.run_id, False)
     # One MLflow run holds both: the killed run's epochs (the last one's metrics may have been cut
     # off between its checkpoint and its logging) and the retry's, each epoch once.

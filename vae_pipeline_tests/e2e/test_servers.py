@@ -1,4 +1,4 @@
-"""The product as its users run it: `dagster dev` and `mlflow server`, a launch through GraphQL, the sensors."""
+"""The product as its users run it: `dagster dev` and `mlflow server`, a launch of one variant through GraphQL, the sensors."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from vae_pipeline_tests.defs.test_validation import BAD_TRAINING
-from vae_pipeline_tests.e2e.conftest import DagsterDev, Server, listening_addresses, mlflow_client
+from vae_pipeline.core.sweep import load_sweep
+from vae_pipeline.defs.variants import DEFAULT_SWEEP, VARIANTS
+from vae_pipeline_tests.conftest import REPO_ROOT
+from vae_pipeline_tests.defs.test_validation import BAD_TRAINING, BAD_VARIANTS
+from vae_pipeline_tests.e2e.conftest import REPOSITORY, DagsterDev, Server, listening_addresses, mlflow_client
+from vae_pipeline_tests.variants import TINY_VARIANT
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +24,11 @@ ASSETS = {
     "mnist_raw", "mnist_tensors", "vae_model", "autoencoder_baseline", "latent_embeddings",
     "prior_samples", "reconstruction_report", "latent_evaluation", "champion_comparison", "champion_model",
     "version_comparison",
-    "digit_classifier",
+    "digit_classifier", "sweep_comparison",
 }
+DELETE_PARTITIONS = """mutation($repo: RepositorySelector!, $name: String!, $keys: [String!]!) {
+  deleteDynamicPartitions(repositorySelector: $repo, partitionsDefName: $name, partitionKeys: $keys) {
+    __typename ... on Error { message } } }"""
 
 
 def test_servers_listen_on_loopback_only(dagster_dev: DagsterDev, mlflow_server: Server) -> None:
@@ -39,12 +46,13 @@ def test_whole_graph_through_graphql_lands_in_mlflow(dagster_dev: DagsterDev, fi
     runs = client.search_runs(
         [client.get_experiment_by_name("vae-pipeline").experiment_id], f"tags.`dagster.run_id` = '{first_run}'"
     )
-    assert sorted(r.data.tags["role"] for r in runs) == ["autoencoder", "vae"]
+    assert sorted(r.data.tags["role"] for r in runs) == ["autoencoder", "sweep_comparison", "vae"]
     vae_run = next(r for r in runs if r.data.tags["role"] == "vae")
     assert vae_run.info.status == "FINISHED"
     assert {"val_neg_elbo", "eval_iwae_nll", "test_recon_nll_at_mu"} <= set(vae_run.data.metrics)
+    assert (vae_run.data.params["variant"], vae_run.data.params["model.latent_dim"]) == (TINY_VARIANT, "4")  # the partition's
     versions = [v for v in client.search_model_versions("name='vae-mnist'") if v.run_id == vae_run.info.run_id]
-    assert len(versions) == 1 and versions[0].status == "READY"
+    assert len(versions) == 1 and versions[0].status == "READY" and versions[0].tags["variant"] == TINY_VARIANT
     champion = client.get_model_version_by_alias("vae-mnist", "champion")
     assert champion.run_id == vae_run.info.run_id  # the first model has no champion to beat
     artifacts = {a.path for a in client.list_artifacts(vae_run.info.run_id)}
@@ -52,6 +60,9 @@ def test_whole_graph_through_graphql_lands_in_mlflow(dagster_dev: DagsterDev, fi
     # the files are where the README says, under the data folder dagster dev was given
     parquet = dagster_dev.data_dir / "latents" / "vae-mnist" / f"v{int(versions[0].version):04d}.parquet"
     assert len(pd.read_parquet(parquet)) == 1500
+    # The sweep table of this deployment has the variant's row, of this model version.
+    sweep = pd.read_parquet(dagster_dev.data_dir / "sweeps" / "vae-mnist" / "comparison.parquet")
+    assert int(sweep.set_index("variant").loc[TINY_VARIANT, "model_version"]) == int(versions[0].version)
 
 
 def test_nothing_written_is_a_pickle(dagster_dev: DagsterDev, first_run: str) -> None:
@@ -76,10 +87,11 @@ def test_the_sensors_are_registered_and_the_raw_files_sensor_reports_the_folder(
            instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"""
     )
     sensors = {s["name"]: s for s in data["sensorsOrError"]["results"]}
-    assert {"automation", "observe_raw_files", "end_mlflow_runs_of_failed_runs"} <= set(sensors)
+    assert {"automation", "observe_raw_files", "sweep_variants", "end_mlflow_runs_of_failed_runs"} <= set(sensors)
     assert sensors["automation"]["sensorType"] == "AUTO_MATERIALIZE"  # GraphQL's name for automation-condition sensors
     # Off here only because this deployment sets VAE_PIPELINE_AUTOMATION=off (test_definitions: on by default).
     assert sensors["automation"]["sensorState"]["status"] == "STOPPED"
+    assert sensors["sweep_variants"]["sensorState"]["status"] == "STOPPED"
     assert sensors["end_mlflow_runs_of_failed_runs"]["sensorState"]["status"] == "RUNNING"
     daemons = {d["daemonType"]: d for d in data["instance"]["daemonHealth"]["allDaemonStatuses"]}
     assert daemons["SENSOR"]["healthy"], daemons
@@ -96,6 +108,25 @@ def test_the_sensors_are_registered_and_the_raw_files_sensor_reports_the_folder(
     assert result["error"] is None and "contents unchanged" not in (result["skipReason"] or "")
     cursor = json.loads(result["cursor"])
     assert cursor["directory"] == str(mnist_slice_dir) and cursor["data_version"] != "absent"  # the four files were hashed
+
+
+def test_the_sweep_sensor_proposes_the_sweep_files_missing_variants(dagster_dev: DagsterDev) -> None:
+    """The UI's "Test sensor" on sweep_variants: the code server reads sweeps/default.yaml and asks for the variants the
+    instance lacks; a dry run adds none."""
+    before = dagster_dev.variants()
+    dry = dagster_dev.graphql(
+        """mutation($selector: SensorSelector!) { sensorDryRun(selectorData: $selector, cursor: null) {
+             __typename ... on DryRunInstigationTick { evaluationResult {
+               skipReason error { message } dynamicPartitionsRequests { partitionKeys partitionsDefName type } } }
+             ... on PythonError { message } } }""",
+        {"selector": {**REPOSITORY, "sensorName": "sweep_variants"}},
+    )["sensorDryRun"]
+    assert dry["__typename"] == "DryRunInstigationTick", dry
+    result = dry["evaluationResult"]
+    missing = [v.key for v in load_sweep(REPO_ROOT / DEFAULT_SWEEP) if v.key not in before]
+    assert missing and result["error"] is None, result  # the default grid has variants no test adds
+    assert result["dynamicPartitionsRequests"] == [{"partitionKeys": missing, "partitionsDefName": VARIANTS.name, "type": "ADD_PARTITIONS"}]
+    assert dagster_dev.variants() == before
 
 
 def _new_files(folder: Path, before: set[Path]) -> set[Path]:
@@ -120,5 +151,32 @@ def test_bad_config_fails_before_any_step_and_writes_nothing(
     message = failure["error"]["message"] if failure.get("error") else failure["message"]
     for w in words:
         assert w in message, message
+    assert _new_files(dagster_dev.data_dir, before) == set()
+    assert len(client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id])) == runs_before
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VARIANTS))
+def test_a_bad_variant_key_fails_before_any_step_and_writes_nothing(
+    case: str, dagster_dev: DagsterDev, tiny_config: Callable[..., dict[str, Any]], first_run: str
+) -> None:
+    """A key added from the UI's "Add partition" can be any string; a run of one that is no variant fails before its first step."""
+    key = BAD_VARIANTS[case]
+    before = set(dagster_dev.data_dir.rglob("*"))
+    client = mlflow_client(dagster_dev.tracking_uri)
+    runs_before = len(client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id]))
+    dagster_dev.add_variants(key)
+    try:
+        run_id = dagster_dev.launch(tiny_config(seed=7), variant=key)
+        assert dagster_dev.wait(run_id, timeout_s=180) == "FAILURE"
+    finally:  # the partition goes again, so that the other tests see the deployment's variants only
+        deleted = dagster_dev.graphql(DELETE_PARTITIONS, {"repo": REPOSITORY, "name": VARIANTS.name, "keys": [key]})
+        assert deleted["deleteDynamicPartitions"]["__typename"] == "DeleteDynamicPartitionsSuccess", deleted
+    events = dagster_dev.run_events(run_id)
+    assert [e for e in events if e["__typename"] == "ExecutionStepStartEvent"] == []
+    failure = next(e for e in events if e["__typename"] == "RunFailureEvent")
+    message = failure["error"]["message"] if failure.get("error") else failure["message"]
+    # It names the key, the form of a variant key, and the fix.
+    for w in (f"partition {key!r}", "z<latent_dim>-b<beta>-<bern|gauss>", "delete that partition in the ui"):
+        assert w in message.lower(), message
     assert _new_files(dagster_dev.data_dir, before) == set()
     assert len(client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id])) == runs_before
