@@ -162,7 +162,7 @@ class MlflowTracking(dg.ConfigurableResource):
         _restore_environment(previous)
         with _sqlite_creation_lock(uri):
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # creates a new sqlite store's tables
-            if uri == f"sqlite:///{self.embedded_db()}":
+            if uri.startswith("sqlite:///") and uri == f"sqlite:///{self.embedded_db()}":  # no data/mlflow/ folder when tracking to a server
                 relocate_embedded_store(self.embedded_db(), self.storage.root, self.experiment_name)
         self._check_reachable(client, uri)
         return client
