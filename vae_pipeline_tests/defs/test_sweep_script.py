@@ -44,7 +44,8 @@ def test_a_sweep_from_the_script_trains_and_compares_every_variant(tmp_path: Pat
 
     table = pd.read_parquet(data / "sweeps" / "vae-mnist" / "comparison.parquet")
     assert list(table["variant"]) == VARIANTS and table["comparable"].all(), table
-    client = MlflowClient(tracking_uri=f"sqlite:///{data / 'mlflow' / 'mlflow.db'}")
+    store = f"sqlite:///{data / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)  # not the registry another test made this process's default
     assert sorted(v.tags["variant"] for v in client.search_model_versions("name='vae-mnist'")) == VARIANTS
     # Steps ran as processes of the multiprocess executor: one manifest per step, each run its own.
     runs = {path.stem for path in (data / "manifests" / "vae_model").glob("*/*.json")}
