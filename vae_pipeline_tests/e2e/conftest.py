@@ -221,6 +221,19 @@ def manifest(data_dir: Path, asset: str, run_id: str, variant: str | None = TINY
     return json.loads(((folder / variant if variant else folder) / f"{run_id}.json").read_text())
 
 
+def wait_for_location(dev: DagsterDev, timeout_s: float, interval_s: float = 0.5) -> None:
+    """Wait until the webserver has loaded the code location `vae_pipeline`; fail with its log if loading failed."""
+
+    def location_loaded() -> bool:
+        entries = dev.graphql(LOCATION_QUERY)["workspaceOrError"]["locationEntries"]
+        loaded = [e for e in entries if e["name"] == "vae_pipeline" and e["loadStatus"] == "LOADED"]
+        if loaded and loaded[0]["locationOrLoadError"]["__typename"] != "RepositoryLocation":
+            pytest.fail(f"code location failed to load:\n{dev.server.log.read_text(errors='replace')[-4000:]}")
+        return bool(loaded)
+
+    wait_for("code location vae_pipeline", location_loaded, timeout_s, interval_s, log=dev.server.log)
+
+
 LOCATION_QUERY = """{ workspaceOrError { __typename ... on Workspace { locationEntries {
   name loadStatus locationOrLoadError { __typename } } } } }"""
 
@@ -249,15 +262,7 @@ def dagster_dev(e2e_root: Path, mlflow_server: Server, mnist_slice_dir: Path) ->
     dev = DagsterDev(server, home, data_dir, mlflow_server.url)
     try:
         wait_for("dagster webserver", lambda: requests.get(f"{server.url}/server_info", timeout=2).ok, 180, log=server.log)
-
-        def location_loaded() -> bool:
-            entries = dev.graphql(LOCATION_QUERY)["workspaceOrError"]["locationEntries"]
-            loaded = [e for e in entries if e["name"] == "vae_pipeline" and e["loadStatus"] == "LOADED"]
-            if loaded and loaded[0]["locationOrLoadError"]["__typename"] != "RepositoryLocation":
-                pytest.fail(f"code location failed to load:\n{server.log.read_text(errors='replace')[-4000:]}")
-            return bool(loaded)
-
-        wait_for("code location vae_pipeline", location_loaded, 180, log=server.log)
+        wait_for_location(dev, 180)
         # The variant the tiny config trains, as a user adds it in the UI (the sweep sensor is off here).
         dev.add_variants(TINY_VARIANT)
         yield dev

@@ -36,7 +36,6 @@ from vae_pipeline.core.checkpoint import load_checkpoint
 from vae_pipeline_tests.conftest import REPO_ROOT
 from vae_pipeline_tests.e2e.conftest import (
     ARTIFACTS,
-    LOCATION_QUERY,
     TERMINAL,
     DagsterDev,
     Server,
@@ -44,6 +43,7 @@ from vae_pipeline_tests.e2e.conftest import (
     free_port,
     mlflow_client,
     wait_for,
+    wait_for_location,
 )
 
 pytestmark = pytest.mark.slow
@@ -184,14 +184,7 @@ def _started_team(root: Path, cwd: Path, mnist_slice_dir: Path) -> Iterator[Team
         server = Server("dagster-webserver", None, ports["DAGSTER"], root / "logs" / "dagster-webserver.log")  # type: ignore[arg-type]
         dev = DagsterDev(server, Path(team_env["DAGSTER_HOME"]), Path(team_env["VAE_PIPELINE_DATA_DIR"]), team_env["MLFLOW_TRACKING_URI"])
 
-        def location_loaded() -> bool:
-            entries = dev.graphql(LOCATION_QUERY)["workspaceOrError"]["locationEntries"]
-            loaded = [e for e in entries if e["name"] == "vae_pipeline" and e["loadStatus"] == "LOADED"]
-            if loaded and loaded[0]["locationOrLoadError"]["__typename"] != "RepositoryLocation":
-                pytest.fail(f"code location failed to load:\n{server.log.read_text(errors='replace')[-4000:]}")
-            return bool(loaded)
-
-        wait_for("code location vae_pipeline", location_loaded, 240, 1.0, log=server.log)
+        wait_for_location(dev, 240, 1.0)
         workers = {int((root / "run" / f"{name}.pid").read_text()): name for name in WORKERS}
         yield Team(root, cwd, team_env, dev, workers, repository_before)
     finally:
