@@ -20,14 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from vae_pipeline.core.atomic import atomic_path
+from vae_pipeline.core.plots import DPI, _save_png  # one way to write a figure: atomically, on an Agg canvas
 
-DPI = 100
 
 
 @dataclass(frozen=True)
@@ -115,10 +113,7 @@ def rate_distortion_png(table: pd.DataFrame, path: Path | str) -> Path:
     ax.legend(loc="upper right", fontsize=8)
     fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="latent size")
     fig.tight_layout()
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-    return Path(path)
+    return _save_png(fig, path)
 
 
 def table_markdown(table: pd.DataFrame) -> str:
