@@ -1,5 +1,7 @@
 """Resources that own paths: the data folder and the JSON manifests that carry lineage."""
 
+import functools
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -8,8 +10,10 @@ from typing import Any
 import dagster as dg
 
 from vae_pipeline.core.atomic import atomic_path
+from vae_pipeline.core.mirror import Mirror, is_url
 
 DATA_DIR_ENV = "VAE_PIPELINE_DATA_DIR"
+CACHE_DIR_ENV = "VAE_PIPELINE_CACHE_DIR"
 # Input metadata asking ManifestIOManager for every materialized partition of a partitioned input.
 ALL_PARTITIONS = "all_partitions"
 MNIST_DIR_ENV = "VAE_PIPELINE_MNIST_DIR"
@@ -20,32 +24,80 @@ def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV, "data")
 
 
+@functools.cache
+def _mirror(url: str, local: Path) -> Mirror:
+    return Mirror(url, local)
+
+
 class PipelineStorage(dg.ConfigurableResource):
-    """Where every file of the pipeline lives, under one data folder."""
+    """Where every file of the pipeline lives, under one data folder: a local path, or a URL that fsspec opens.
+
+    With a URL (s3://bucket/vae, gs://..., file:///mnt/shared/vae) the pipeline works in a local copy
+    (`cache_dir`) and the remote is the truth: a step pulls what it reads (`resolve`, `fetch`) and
+    publishes what it wrote (`publish`), so a worker on another machine finds it. With a local path
+    `root` is the data folder itself and pulling and publishing do nothing.
+    """
 
     data_dir: str
+    # The local copy of a remote data folder; None: $VAE_PIPELINE_CACHE_DIR, else ~/.cache/vae-pipeline/<hash of the URL>.
+    cache_dir: str | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        return is_url(self.data_dir)
 
     @property
     def root(self) -> Path:
-        return Path(self.data_dir).expanduser().resolve()
+        """The local folder the pipeline reads and writes: the data folder, or the local copy of a remote one."""
+        if not self.is_remote:
+            return Path(self.data_dir).expanduser().resolve()
+        cache = self.cache_dir or os.environ.get(CACHE_DIR_ENV)
+        if cache is None:
+            digest = hashlib.sha256(self.data_dir.rstrip("/").encode()).hexdigest()[:12]
+            cache = Path.home() / ".cache" / "vae-pipeline" / digest
+        return Path(cache).expanduser().resolve()
+
+    @property
+    def location(self) -> str:
+        """The data folder as the user named it (a path or a URL), for messages."""
+        return self.data_dir if self.is_remote else str(self.root)
 
     def path(self, *parts: str) -> Path:
-        """A path under the data folder; its parent folder exists."""
+        """A local path under the data folder to write; its parent folder exists. `publish` it when written."""
         path = self.root.joinpath(*parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
     def folder(self, *parts: str) -> Path:
-        """A folder under the data folder, created if needed."""
+        """A local folder under the data folder to write into, created if needed. `publish` what you write."""
         path = self.root.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def fetch(self, *parts: str) -> Path:
+        """A file or folder under the data folder as it is now, pulled from a remote data folder; it may not exist."""
+        path = self.root.joinpath(*parts)
+        if self.is_remote:
+            self._mirror().pull(path.relative_to(self.root).as_posix())
+        return path
+
+    def publish(self, path: Path) -> None:
+        """Put a written file, or a folder's files, into a remote data folder (one whole-object PUT each)."""
+        if self.is_remote:
+            self._mirror().push(Path(path).resolve())
+
+    def discard(self, path: Path) -> None:
+        """Remove a file from the data folder, remote included, so that no later pull brings it back."""
+        path = Path(path)
+        if self.is_remote:
+            self._mirror().delete(self.relative(path))
+        path.unlink(missing_ok=True)
 
     def relative(self, path: Path | str) -> str:
         """How a record (manifest, summary) names a file under the data folder: relative, POSIX-style.
 
         Records never hold the data folder's absolute path, so the folder can be moved or copied
-        and pointed at with $VAE_PIPELINE_DATA_DIR.
+        and pointed at with $VAE_PIPELINE_DATA_DIR, and a remote one read from any machine.
         """
         path = Path(path).resolve()
         try:
@@ -53,15 +105,24 @@ class PipelineStorage(dg.ConfigurableResource):
         except ValueError:
             raise ValueError(f"{path} is outside the data folder {self.root}; records only name files inside it.") from None
 
+    def url(self, path: Path) -> str:
+        """Where a user finds a file of the data folder (in metadata, query snippets): its remote URL, else its local path."""
+        if not self.is_remote:
+            return str(path)
+        return f"{self.data_dir.rstrip('/')}/{self.relative(path)}"
+
     def resolve(self, stored: str) -> Path:
-        """The file a record names (see `relative`), under this data folder."""
+        """The local file or folder a record names (see `relative`), pulled from a remote data folder."""
         path = Path(stored)
         if path.is_absolute() or ".." in path.parts:
             raise ValueError(
                 f"the record names {stored!r}, not a path relative to the data folder; it was written by an older "
                 f"version: re-materialize the asset that wrote it."
             )
-        return self.root / path
+        return self.fetch(*path.parts)
+
+    def _mirror(self) -> Mirror:
+        return _mirror(self.data_dir, self.root)
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
@@ -87,27 +148,36 @@ class ManifestIOManager(dg.ConfigurableIOManager):
         folder = self.storage.root / "manifests" / "__".join(key.path)
         return (folder / partition if partition else folder) / f"{run_id}.json"
 
+    def _fetch(self, key: dg.AssetKey, run_id: str, partition: str | None) -> Path:
+        path = self._path(key, run_id, partition)
+        return self.storage.fetch(self.storage.relative(path))
+
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
         partition = context.partition_key if context.has_asset_partitions else None
-        write_json_atomic(self._path(context.asset_key, context.run_id, partition), obj)
+        path = self._path(context.asset_key, context.run_id, partition)
+        write_json_atomic(path, obj)
+        # The asset published its files before returning; the manifest goes last, so a reader that
+        # finds it also finds them.
+        self.storage.publish(path)
 
     def _load(self, context: dg.InputContext, partition: str | None) -> Any | None:
         """The manifest of one partition (or of the unpartitioned asset): this run's, else the latest; None if never made."""
         key = context.asset_key
-        path = self._path(key, context.step_context.run_id, partition)
+        path = self._fetch(key, context.step_context.run_id, partition)
         if not path.is_file():
             records = context.instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
             ).records
             if not records:
                 return None
-            path = self._path(key, records[0].run_id, partition)
+            path = self._fetch(key, records[0].run_id, partition)
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"{path} is missing: the latest materialization of {_name(key, partition)} wrote it under "
-                    f"another data folder; point {DATA_DIR_ENV} there or re-materialize {_name(key, partition)}."
+                    f"{self.storage.relative(path)} is missing from the data folder {self.storage.location}: the latest "
+                    f"materialization of {_name(key, partition)} wrote it under another data folder; point "
+                    f"{DATA_DIR_ENV} there or re-materialize {_name(key, partition)}."
                 )
         return json.loads(path.read_text())
 
@@ -141,11 +211,12 @@ def _name(key: dg.AssetKey, partition: str | None) -> str:
     return f"{key.to_user_string()}[{partition}]" if partition else key.to_user_string()
 
 
-def default_resources(data_dir: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
-    """The resources the definitions use; tests pass their own data folder and tracking URI."""
+def default_resources(data_dir: str | None = None, tracking_uri: str | None = None,
+                      cache_dir: str | None = None) -> dict[str, Any]:
+    """The resources the definitions use; tests pass their own data folder, tracking URI and local copy."""
     from vae_pipeline.defs.tracking import MlflowTracking  # tracking imports this module
 
-    storage = PipelineStorage(data_dir=data_dir or default_data_dir())
+    storage = PipelineStorage(data_dir=data_dir or default_data_dir(), cache_dir=cache_dir)
     return {
         "storage": storage,
         "io_manager": ManifestIOManager(storage=storage),

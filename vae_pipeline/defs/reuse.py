@@ -47,6 +47,7 @@ class StoredResult:
 
     def load(self, log: Any) -> Reused | None:
         """The recorded result when its key and files match, else None (and the log says why when it existed)."""
+        self.storage.fetch(self.storage.relative(self.record))
         try:
             stored = json.loads(self.record.read_text())
         except FileNotFoundError:
@@ -68,7 +69,9 @@ class StoredResult:
         return Reused(manifest=stored["manifest"], metadata=dg.deserialize_value(stored["metadata"], dict))
 
     def save(self, manifest: Mapping[str, Any], metadata: Mapping[str, Any], files: list[Path]) -> None:
-        """Record a finished result (after its files are written and logged)."""
+        """Record a finished result (after its files are written and logged); its files are published first."""
+        for path in files:
+            self.storage.publish(path)
         write_json_atomic(self.record, {
             "format": RECORD_FORMAT,
             "key": self.key,
@@ -76,6 +79,7 @@ class StoredResult:
             "metadata": dg.serialize_value(_normalized(metadata)),
             "files": {self.storage.relative(p): file_sha256(p) for p in files},
         })
+        self.storage.publish(self.record)
 
 
 def _normalized(metadata: Mapping[str, Any]) -> dict[str, dg.MetadataValue]:

@@ -137,6 +137,14 @@ class MlflowTracking(dg.ConfigurableResource):
             return self.tracking_uri
         if os.environ.get("MLFLOW_TRACKING_URI"):
             return os.environ["MLFLOW_TRACKING_URI"]
+        if self.storage.is_remote:
+            # A sqlite file cannot live in an object store, and one in this machine's local copy would
+            # hold a registry that no other worker sees.
+            raise TrackingError(
+                f"the data folder {self.storage.data_dir} is remote, so the embedded MLflow store (a sqlite file in "
+                "the data folder) cannot be used: set MLFLOW_TRACKING_URI to an MLflow server that every worker "
+                "reaches (deploy/team/start.sh starts one), or the mlflow_tracking resource's tracking_uri."
+            )
         return f"sqlite:///{self.embedded_db()}"
 
     def embedded_db(self) -> Path:

@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
 
 import dagster as dg
 

@@ -140,7 +140,7 @@ def version_comparison(
         "per_class_reconstruction": dg.MetadataValue.md(report["per_class_md"]),
         "prior_samples": png_markdown(samples_png, f"prior samples: {baseline.label} beside {candidate.label}"),
         "protocol": dg.MetadataValue.json(report["protocol"]),
-        "report": dg.MetadataValue.path(str(report_path)),
+        "report": dg.MetadataValue.path(storage.url(report_path)),
     }
     result.save(manifest, metadata, [report_path, samples_png])  # last: its presence means "finished"
     return dg.MaterializeResult(value=manifest, metadata={**metadata, "reused": False})

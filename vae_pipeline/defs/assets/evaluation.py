@@ -255,7 +255,7 @@ def latent_evaluation(
         "tsne_vae": png_markdown(descriptive["vae"][1]["tsne_png"], "t-SNE of VAE latents"),
         "tsne_autoencoder": png_markdown(descriptive["ae"][1]["tsne_png"], "t-SNE of auto-encoder codes"),
         **{name: png_markdown(path, name) for name, path in pictures.items()},
-        "metrics_json": dg.MetadataValue.path(str(metrics_path)),
+        "metrics_json": dg.MetadataValue.path(storage.url(metrics_path)),
         "model_version": evaluated["model_version"],
     }
     result.save(report, metadata, pngs)

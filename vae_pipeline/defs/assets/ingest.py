@@ -70,6 +70,9 @@ def mnist_raw(context: dg.AssetExecutionContext, config: MnistRawConfig, storage
         "files": files,
         "counts": raw.counts(),
     }
+    if raw.directory.resolve().is_relative_to(storage.root):  # downloaded into the data folder: mnist_tensors may run elsewhere
+        for f in raw.files.values():
+            storage.publish(f.path)
     context.log.info(f"read {raw.dataset} from {directory} ({source})")
     return dg.MaterializeResult(
         value=manifest,
@@ -106,6 +109,7 @@ def mnist_tensors(
     if stored.damage is not None:
         context.log.warning(f"{stored.path} was damaged and has been rewritten: {stored.damage}")
     path, digest = stored.path, stored.content_sha256
+    storage.publish(path)
     store = tensor_store.load_tensor_store(path)
     summary = tensor_store.store_summary(store)
     context.log.info(
@@ -116,7 +120,7 @@ def mnist_tensors(
                "split_seed": config.split_seed, "counts": {k: v["count"] for k, v in summary.items()}},
         data_version=dg.DataVersion(digest),
         metadata={
-            "path": dg.MetadataValue.path(str(path)),
+            "path": dg.MetadataValue.path(storage.url(path)),
             "store_write": stored.action if stored.damage is None else f"{stored.action}: {stored.damage}",
             "content_sha256": digest,
             "size_mib": round(path.stat().st_size / 2**20, 2),

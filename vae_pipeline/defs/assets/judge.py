@@ -62,7 +62,8 @@ def digit_classifier(
     device = resolve_device(config.device)
     data_version = mnist_tensors["content_sha256"]
     fingerprint = _fingerprint(cfg, data_version, device.type)
-    folder = storage.folder("models", "judge", fingerprint)
+    folder = storage.fetch("models", "judge", fingerprint)
+    folder.mkdir(parents=True, exist_ok=True)
     summary_path, checkpoint = folder / "summary.json", folder / "judge.safetensors"
     summary, problem = _reusable(summary_path, storage)
     if problem is not None:
@@ -84,7 +85,9 @@ def digit_classifier(
             "test_accuracy": test_accuracy,
             "config": to_dict(cfg),
         }
-        write_json_atomic(summary_path, summary)
+        storage.publish(checkpoint)
+        write_json_atomic(summary_path, summary)  # last: its presence means "finished"
+        storage.publish(summary_path)
         reused = False
     else:
         context.log.info(f"judge {fingerprint}: config, data and code unchanged; not retraining")

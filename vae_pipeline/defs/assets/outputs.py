@@ -94,8 +94,8 @@ def latent_embeddings(
     manifest = {"path": storage.relative(path), "folder": storage.relative(folder), "model_name": vae_model["model_name"],
                 "model_version": vae_model["model_version"], "rows": counts}
     metadata = {
-        "path": dg.MetadataValue.path(str(path)),
-        "folder": dg.MetadataValue.path(str(folder)),
+        "path": dg.MetadataValue.path(storage.url(path)),
+        "folder": dg.MetadataValue.path(storage.url(folder)),
         "model_version": vae_model["model_version"],
         "rows": table.num_rows,
         "rows_per_split": dg.MetadataValue.json(counts),
@@ -105,7 +105,7 @@ def latent_embeddings(
             columns=[dg.TableColumn(f.name, str(f.type)) for f in table.schema]
         ),
         "query": dg.MetadataValue.md(
-            f"```python\npd.read_parquet({str(folder)!r}, filters=[('model_version', '==', "
+            f"```python\npd.read_parquet({storage.url(folder)!r}, filters=[('model_version', '==', "
             f"{vae_model['model_version']})])\n```"
         ),
     }
@@ -154,7 +154,7 @@ def prior_samples(
     metadata = {
         "prior_samples": png_markdown(grid, "prior samples"),
         "interpolations": png_markdown(strip, "interpolations"),
-        "tensor_path": dg.MetadataValue.path(str(tensor_path)),
+        "tensor_path": dg.MetadataValue.path(storage.url(tensor_path)),
         "model_version": vae_model["model_version"],
     }
     result.save(manifest, metadata, [tensor_path, grid, strip])
@@ -214,7 +214,7 @@ def reconstruction_report(
         "mean_test_recon_nll_at_mu": float(test["recon_nll_at_mu"].mean()),
         "worst": png_markdown(galleries["worst"], "worst reconstructions"),
         "best": png_markdown(galleries["best"], "best reconstructions"),
-        "errors_parquet": dg.MetadataValue.path(str(errors_path)),
+        "errors_parquet": dg.MetadataValue.path(storage.url(errors_path)),
         "model_version": version,
     }
     change = None

@@ -104,7 +104,7 @@ def sweep_comparison(
         "comparable_variants": len(comparable),
         "table": dg.MetadataValue.md(table_markdown(table)),
         "rate_distortion": png_markdown(png_path, "rate-distortion: KL against reconstruction NLL, one point per variant"),
-        "parquet": dg.MetadataValue.path(str(parquet_path)),
+        "parquet": dg.MetadataValue.path(storage.url(parquet_path)),
         "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(mlflow_tracking.experiment_id(client), run.info.run_id)),
         "dagster/row_count": len(table),
     }

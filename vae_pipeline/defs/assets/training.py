@@ -23,7 +23,7 @@ from vae_pipeline.core.config import (
 from vae_pipeline.core.device import resolve_device
 from vae_pipeline.core.model import build_model
 from vae_pipeline.core.tensor_store import load_tensor_store
-from vae_pipeline.core.train import fit
+from vae_pipeline.core.train import Callback, fit
 from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.progress import DagsterProgressLogger
@@ -60,6 +60,16 @@ VaeTrainingConfig = dagster_config(
     exclude=("variational", "image_shape", *VARIANT_FIELDS),
     extra={"device": (str, "auto")},  # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
 )
+
+
+class PublishCheckpoint(Callback):
+    """Publishes the checkpoint after every epoch, so that a retry on another worker resumes from it."""
+
+    def __init__(self, storage: PipelineStorage, checkpoint: Path) -> None:
+        self.storage, self.checkpoint = storage, checkpoint
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.storage.publish(self.checkpoint)
 
 
 def _fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, data_version: str, device: torch.device) -> str:
@@ -168,7 +178,8 @@ def _train_tracked(
     client = mlflow_tracking.activate()  # fails fast on an unreachable tracking server
     data_version = mnist_tensors["content_sha256"]
     fingerprint = _fingerprint(model_cfg, train_cfg, data_version, device)
-    folder = storage.folder("models", role, fingerprint)
+    folder = storage.fetch("models", role, fingerprint)  # a resume may run on another worker than the interrupted step
+    folder.mkdir(parents=True, exist_ok=True)
     summary_path, run_path, checkpoint = folder / "summary.json", folder / "mlflow_run.json", folder / "checkpoint.pt"
     store_path = storage.resolve(mnist_tensors["path"])
     experiment_id = mlflow_tracking.experiment_id(client)
@@ -192,9 +203,9 @@ def _train_tracked(
         problem = _checkpoint_problem(checkpoint, summary.get("checkpoint_sha256"))
         if problem is not None:
             context.log.warning(f"{role} {fingerprint}: not reusing the finished model: {problem}; retraining from scratch")
-            summary_path.unlink()
-            checkpoint.unlink(missing_ok=True)
-            run_path.unlink(missing_ok=True)  # that run is finished (perhaps the champion's): never reopen it
+            storage.discard(summary_path)
+            storage.discard(checkpoint)
+            storage.discard(run_path)  # that run is finished (perhaps the champion's): never reopen it
             summary = None
         elif not run_exists(client, summary["mlflow_run_id"]):
             context.log.warning(
@@ -215,7 +226,7 @@ def _train_tracked(
         broken = _readable_checkpoint(checkpoint) if checkpoint.exists() else None
         if broken is not None:
             context.log.warning(f"{role} {fingerprint}: cannot resume: {broken} Starting afresh.")
-            checkpoint.unlink()
+            storage.discard(checkpoint)
             mlflow_tracking.end_if_running(client, run_id, "FAILED")
             run_id = None
         elif run_id is not None and not run_exists(client, run_id):
@@ -235,6 +246,7 @@ def _train_tracked(
         log_system_metrics=summary is None,
     ) as run:
         write_json_atomic(run_path, {"run_id": run.info.run_id})
+        storage.publish(run_path)
         if run_id is None:
             _log_run_contents(model_cfg=model_cfg, train_cfg=train_cfg, device=device, store_path=store_path,
                               n_train=len(store["train"]), n_val=len(store["val"]), dataset=mnist_tensors["dataset"],
@@ -247,7 +259,7 @@ def _train_tracked(
                 store["val"].float_images(),
                 train_cfg,
                 device,
-                callbacks=[MlflowEpochLogger(), DagsterProgressLogger(context.log, role)],
+                callbacks=[MlflowEpochLogger(), DagsterProgressLogger(context.log, role), PublishCheckpoint(storage, checkpoint)],
                 checkpoint_path=checkpoint,
             )
             records, train_seconds = list(history), sum(r["seconds"] for r in history)
@@ -276,7 +288,9 @@ def _train_tracked(
         "final_metrics": {k: float(v) for k, v in records[-1].items()},
         "train_seconds": train_seconds,
     }
+    storage.publish(checkpoint)
     write_json_atomic(summary_path, summary)  # written last: its presence means "finished"
+    storage.publish(summary_path)
     return manifest(summary, reused=False)
 
 
