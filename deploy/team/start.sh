@@ -19,10 +19,11 @@
 # VAE_TEAM_WORKERS (2) Celery workers; DAGSTER_PG_USER (vae), DAGSTER_PG_DB (dagster),
 # VAE_TEAM_MLFLOW_DB (mlflow); DAGSTER_PG_PASSWORD (default: generated on first start into
 # $VAE_TEAM_ROOT/secrets/pg_password, mode 600; nothing secret is in the repository);
-# VAE_TEAM_VENV (the repository's .venv); VAE_TEAM_PG_BIN (PostgreSQL's programs, found by default).
+# VAE_TEAM_VENV (the repository's .venv); VAE_TEAM_PG_BIN (PostgreSQL's programs, found by default);
+# VAE_TEAM_DATA_DIR ($VAE_TEAM_ROOT/data): the pipeline's data folder, a path or an object store URL.
 # The pipeline's own settings pass through (VAE_PIPELINE_MNIST_DIR, VAE_PIPELINE_AUTOMATION,
 # VAE_PIPELINE_SWEEP); VAE_PIPELINE_DATA_DIR, MLFLOW_TRACKING_URI and DAGSTER_HOME are set here, to
-# folders under $VAE_TEAM_ROOT and to this MLflow server.
+# VAE_TEAM_DATA_DIR, folders under $VAE_TEAM_ROOT and this MLflow server.
 # $VAE_TEAM_ROOT/team.env (mode 600) exports the same environment for a shell: `source` it to use
 # the dagster, dg or mlflow command line against this deployment.
 set -euo pipefail
@@ -153,21 +154,26 @@ done
 export DAGSTER_HOME="$team_root/dagster_home"
 export DAGSTER_PG_HOST=127.0.0.1 DAGSTER_PG_PORT="$pg_port" DAGSTER_PG_USER="$pg_user" DAGSTER_PG_DB="$dagster_db"
 export DAGSTER_PG_PASSWORD="$password"
-export VAE_PIPELINE_DATA_DIR="$team_root/data"  # the pipeline's files: every Celery worker must reach it
+# The pipeline's files: every Celery worker must reach them. VAE_TEAM_DATA_DIR may be a shared folder or an
+# object store URL (s3://bucket/vae, with s3fs installed and AWS_* set); each machine then works in a local
+# copy, VAE_PIPELINE_CACHE_DIR.
+export VAE_PIPELINE_DATA_DIR="${VAE_TEAM_DATA_DIR:-$team_root/data}"
+export VAE_PIPELINE_CACHE_DIR="${VAE_PIPELINE_CACHE_DIR:-$team_root/cache}"
 export MLFLOW_TRACKING_URI="http://127.0.0.1:$mlflow_port"
 unset MLFLOW_REGISTRY_URI                        # the registry is the tracking server's
 export DAGSTER_WEBSERVER_URL="http://127.0.0.1:$dagster_port"  # links from MLflow's registry to runs
 export VAE_TEAM_CELERY_BROKER="redis://127.0.0.1:$redis_port/0" VAE_TEAM_CELERY_BACKEND="redis://127.0.0.1:$redis_port/1"
 export VAE_PIPELINE_SWEEP="${VAE_PIPELINE_SWEEP:-$repo/sweeps/default.yaml}"  # the processes run in $VAE_TEAM_ROOT
 export VIRTUAL_ENV="$venv" PATH="$bin:$PATH"     # dagster-celery runs `celery` from PATH
-mkdir -p "$DAGSTER_HOME" "$VAE_PIPELINE_DATA_DIR"
+mkdir -p "$DAGSTER_HOME"
+case "$VAE_PIPELINE_DATA_DIR" in *://*) ;; *) mkdir -p "$VAE_PIPELINE_DATA_DIR" ;; esac
 cp "$here/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
 (
   umask 077
   {
     echo "# Written by deploy/team/start.sh: the environment of the team deployment's processes (holds the database password)."
     for var in DAGSTER_HOME DAGSTER_PG_HOST DAGSTER_PG_PORT DAGSTER_PG_USER DAGSTER_PG_DB DAGSTER_PG_PASSWORD \
-               VAE_PIPELINE_DATA_DIR MLFLOW_TRACKING_URI DAGSTER_WEBSERVER_URL VAE_TEAM_CELERY_BROKER VAE_TEAM_CELERY_BACKEND; do
+               VAE_PIPELINE_DATA_DIR VAE_PIPELINE_CACHE_DIR MLFLOW_TRACKING_URI DAGSTER_WEBSERVER_URL VAE_TEAM_CELERY_BROKER VAE_TEAM_CELERY_BACKEND; do
       printf 'export %s=%q\n' "$var" "${!var}"
     done
   } >"$team_root/team.env"
