@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -58,7 +57,9 @@ class Mirror:
     def pull(self, relative: str) -> Path:
         """Make the local copy of a file or folder equal the remote's; returns the local path.
 
-        A name the remote does not hold is removed locally (the returned path then does not exist).
+        A file synced before that the remote no longer holds is removed locally (the returned path
+        then does not exist). A file never synced is left alone: it is a step's output on its way to
+        the remote, and processes of one machine share the local copy.
         """
         target = self.local / relative
         remote = self.remote(relative)
@@ -126,7 +127,8 @@ class Mirror:
         except OSError as exc:
             raise self._error("delete", remote, exc) from exc
         self.fs.invalidate_cache(remote)
-        self._forget(relative)
+        (self.local / relative).unlink(missing_ok=True)
+        self._record_path(relative).unlink(missing_ok=True)
 
     def _pull_file(self, relative: str, info: dict) -> None:
         target = self.local / relative
@@ -169,12 +171,17 @@ class Mirror:
             tmp.write_text(json.dumps({"remote": remote_key, "local": local}))
 
     def _forget(self, relative: str) -> None:
+        """Drop the local copy of what the remote no longer holds: of a file or a folder's files, those synced before."""
         target = self.local / relative
         if target.is_dir():
-            shutil.rmtree(target)
-        else:
+            for path in list(target.rglob("*")):
+                name = path.relative_to(self.local).as_posix()
+                if path.is_file() and self._read_record(name) is not None:
+                    self._forget(name)
+            return
+        if self._read_record(relative) is not None:
             target.unlink(missing_ok=True)
-        self._record_path(relative).unlink(missing_ok=True)
+            self._record_path(relative).unlink(missing_ok=True)
 
     def _error(self, verb: str, remote: str, exc: OSError) -> MirrorError:
         return MirrorError(

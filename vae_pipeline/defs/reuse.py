@@ -66,6 +66,7 @@ class StoredResult:
             if file_sha256(path) != digest:
                 log.warning(f"{path} changed since it was recorded (sha256 differs); computing the result again")
                 return None
+        self.storage.publish(self.record)  # a record whose publication was cut short (nothing to do otherwise)
         return Reused(manifest=stored["manifest"], metadata=dg.deserialize_value(stored["metadata"], dict))
 
     def save(self, manifest: Mapping[str, Any], metadata: Mapping[str, Any], files: list[Path]) -> None:

@@ -77,18 +77,35 @@ class TestPushAndPull:
 
 
 class TestTheRemoteIsTheTruth:
-    def test_a_file_the_remote_lacks_is_removed_locally(self, remote_url: str, tmp_path: Path) -> None:
-        a, _ = two_machines(remote_url, tmp_path)
-        stale = write(a, "models/vae/abc/summary.json", b"from a wiped bucket")
+    def test_a_file_the_remote_no_longer_holds_is_removed_locally(self, remote_url: str, tmp_path: Path) -> None:
+        a, b = two_machines(remote_url, tmp_path)
+        a.push(write(a, "models/vae/abc/summary.json", b"finished"))
+        b.delete("models/vae/abc/summary.json")  # a wiped bucket, as seen from machine a
         assert not a.pull("models/vae/abc/summary.json").exists()
-        assert not stale.exists()
+
+    def test_a_file_never_published_is_left_to_the_step_writing_it(self, remote_url: str, tmp_path: Path) -> None:
+        a, _ = two_machines(remote_url, tmp_path)
+        written = write(a, "results/x/v0001.json", b"about to be pushed")
+        assert a.pull("results/x/v0001.json").read_bytes() == b"about to be pushed"
+        a.pull("results")
+        assert written.is_file()
 
     def test_a_folder_pull_drops_files_the_remote_no_longer_holds(self, remote_url: str, tmp_path: Path) -> None:
         a, b = two_machines(remote_url, tmp_path)
         a.push(write(a, "models/vae/abc/checkpoint.pt", b"w"))
-        write(b, "models/vae/abc/summary.json", b"stale")
+        a.push(write(a, "models/vae/abc/summary.json", b"finished"))
+        b.pull("models/vae/abc")
+        a.delete("models/vae/abc/summary.json")
         folder = b.pull("models/vae/abc")
         assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt"]
+
+    def test_a_folder_pull_leaves_a_file_another_process_has_not_published_yet(self, remote_url: str,
+                                                                                tmp_path: Path) -> None:
+        a, _ = two_machines(remote_url, tmp_path)
+        a.push(write(a, "latents/vae-mnist/v0001.parquet", b"one"))
+        in_progress = write(a, "latents/vae-mnist/v0002.parquet", b"two, written, about to be pushed")
+        a.pull("latents/vae-mnist")
+        assert in_progress.read_bytes() == b"two, written, about to be pushed"
 
     def test_delete_removes_both_sides_so_no_pull_brings_it_back(self, remote_url: str, tmp_path: Path) -> None:
         a, b = two_machines(remote_url, tmp_path)

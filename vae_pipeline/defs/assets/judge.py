@@ -91,6 +91,8 @@ def digit_classifier(
         reused = False
     else:
         context.log.info(f"judge {fingerprint}: config, data and code unchanged; not retraining")
+        storage.publish(checkpoint)  # a publication cut short (nothing to do otherwise)
+        storage.publish(summary_path)
         reused = True
     return dg.MaterializeResult(
         value={**summary, "reused": reused},

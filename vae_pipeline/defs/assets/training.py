@@ -219,6 +219,9 @@ def _train_tracked(
             run_id = summary["mlflow_run_id"]
         else:
             context.log.info(f"{role}: config, data and code unchanged since {summary['mlflow_run_id']}; not retraining")
+            for path in (checkpoint, run_path, summary_path):  # a publication cut short (nothing to do otherwise)
+                if path.is_file():
+                    storage.publish(path)
             return manifest(summary, reused=True)
     else:
         record = _read_json(run_path)
