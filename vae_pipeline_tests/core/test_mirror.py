@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,15 @@ def write(mirror: Mirror, relative: str, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def raising(error: OSError) -> Callable[..., None]:
+    """A stand-in for a filesystem call that fails with `error` (a full disk, a denied bucket)."""
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    return fail
 
 
 class TestPushAndPull:
@@ -123,11 +133,7 @@ class TestFailures:
         path = write(a, "checkpoint.pt", b"epoch 1")
         a.push(path)
         path.write_bytes(b"epoch 2")
-
-        def broken_put(*args: object, **kwargs: object) -> None:
-            raise OSError(28, "No space left on device")
-
-        monkeypatch.setattr(a.fs, "put_file", broken_put)
+        monkeypatch.setattr(a.fs, "put_file", raising(OSError(28, "No space left on device")))
         with pytest.raises(MirrorError, match="could not write .*checkpoint.pt.*No space left"):
             a.push(path)
         assert b.pull("checkpoint.pt").read_bytes() == b"epoch 1"
@@ -138,11 +144,7 @@ class TestFailures:
         path = write(a, "x/y.bin", b"epoch 1")
         a.push(path)
         path.write_bytes(b"epoch 2, half written when the copy stops")
-
-        def broken_mv(*args: object, **kwargs: object) -> None:
-            raise OSError(5, "Input/output error")
-
-        monkeypatch.setattr(a.fs, "mv", broken_mv)
+        monkeypatch.setattr(a.fs, "mv", raising(OSError(5, "Input/output error")))
         with pytest.raises(MirrorError):
             a.push(path)
         assert [p.name for p in (tmp_path / "remote" / "x").iterdir()] == ["y.bin"]  # no partial file left
@@ -156,11 +158,7 @@ class TestFailures:
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
         a, b = two_machines(remote_url, tmp_path)
         a.push(write(a, "tensors/s.safetensors", b"s"))
-
-        def broken_get(*args: object, **kwargs: object) -> None:
-            raise PermissionError(13, "Access Denied")
-
-        monkeypatch.setattr(b.fs, "get_file", broken_get)
+        monkeypatch.setattr(b.fs, "get_file", raising(PermissionError(13, "Access Denied")))
         with pytest.raises(MirrorError, match="could not read .*tensors/s.safetensors.*Access Denied"):
             b.pull("tensors/s.safetensors")
         assert not (b.local / "tensors" / "s.safetensors").exists()
