@@ -11,18 +11,11 @@ resumes training from the checkpoint.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
-import shlex
 import shutil
 import signal
-import subprocess
-import tempfile
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,169 +26,40 @@ import pytest
 import yaml
 
 from vae_pipeline.core.checkpoint import load_checkpoint
-from vae_pipeline_tests.conftest import REPO_ROOT
-from vae_pipeline_tests.e2e.conftest import (
-    ARTIFACTS,
-    TERMINAL,
-    DagsterDev,
-    Server,
-    child_env,
-    free_port,
-    mlflow_client,
-    wait_for,
-    wait_for_location,
+from vae_pipeline_tests.e2e.conftest import TERMINAL, mlflow_client, wait_for
+from vae_pipeline_tests.e2e.team import (
+    CELERY_RUN_CONFIG,
+    PER_VARIANT,
+    SHARED,
+    SWEEP,
+    WORKERS,
+    Team,
+    files_of,
+    launch,
+    postgres_bin,
+    repository_state,
+    run_backfill,
+    started_team,
+    team_root,
 )
 
 pytestmark = pytest.mark.slow
 
-START, STOP = REPO_ROOT / "deploy" / "team" / "start.sh", REPO_ROOT / "deploy" / "team" / "stop.sh"
-CELERY_RUN_CONFIG = REPO_ROOT / "deploy" / "team" / "celery.yaml"
-WORKERS = ("worker-1", "worker-2")
-# The sweep: three variants of the tiny config (latent size and beta from the key).
-SWEEP = ["z2-b1-bern", "z4-b1-bern", "z4-b4-bern"]
-# What every variant shares, materialized once before the sweep (as a team has them already). Inside
-# the backfill they would make it plan latent_evaluation as a second run per variant.
-SHARED = ["mnist_raw", "mnist_tensors", "digit_classifier"]
-PER_VARIANT = ["vae_model", "autoencoder_baseline", "latent_embeddings", "prior_samples", "reconstruction_report",
-               "latent_evaluation"]
 # Killed during training (1-3 s an epoch on the slice): long enough to be killed after its first
 # epoch's checkpoint, short enough that the retry finishes in well under a minute.
 LONG_VARIANT = "z8-b1-bern"
 LONG_TRAINING = {"hidden_dims": [256], "epochs": 20, "batch_size": 50, "device": "cpu"}
 LONG_SEED = 78
 
-LAUNCH_BACKFILL = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
-  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message stack } ... on Error { message } } }"""
-BACKFILL = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
-  __typename ... on PartitionBackfill { status runs(limit: 100) { runId status } } ... on PythonError { message } } }"""
-
-
-def _postgres_bin() -> Path | None:
-    """The folder of initdb as start.sh finds it (PATH, else Debian's /usr/lib/postgresql/<version>/bin)."""
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
-    return Path(candidates[-1]).parent if candidates else None
-
-
-@contextmanager
-def _team_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The folder for all of the deployment's state: a temporary one of pytest's, except as root.
-
-    As root, start.sh runs PostgreSQL as the `postgres` user, which must pass through every parent of
-    its data folder. pytest makes its folders 0700, and any pytest session that starts meanwhile makes
-    /tmp/pytest-of-root 0700 again (pg_ctl could then no longer stop the server), so as root the state
-    goes to a folder of its own in the system's temporary folder, removed afterwards.
-    """
-    if os.geteuid() != 0:
-        yield tmp_path_factory.mktemp("team")
-        return
-    root = Path(tempfile.mkdtemp(prefix="vae-team-"))
-    root.chmod(0o711)  # others may pass through, not list
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _read_env(path: Path) -> dict[str, str]:
-    """The `export NAME=value` lines that start.sh writes to team.env."""
-    env = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("export "):
-            name, _, value = line.removeprefix("export ").partition("=")
-            env[name] = shlex.split(value)[0] if value else ""
-    return env
-
-
-def _files(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
-
-
-def _repository_state() -> tuple[set[str], dict[str, tuple[int, int]]]:
-    """What a process that ignored the configured roots would change: the repository's top level, data/ and mlruns/."""
-    return {p.name for p in REPO_ROOT.iterdir()}, {**_files(REPO_ROOT / "data"), **_files(REPO_ROOT / "mlruns")}
-
-
-@dataclass
-class Team:
-    root: Path
-    cwd: Path            # where start.sh was run from
-    env: dict[str, str]  # team.env: the environment of the deployment's processes
-    dev: DagsterDev      # the webserver's GraphQL API (DagsterDev's helpers; the server is not ours to stop)
-    workers: dict[int, str]  # process group (the worker's pid) -> worker name
-    repository_before: tuple[set[str], dict[str, tuple[int, int]]]
-
-    @contextmanager
-    def instance(self) -> Iterator[dg.DagsterInstance]:
-        """The team's Dagster instance, opened as any of its processes opens it (dagster.yaml + team.env)."""
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
-            with dg.DagsterInstance.from_config(self.env["DAGSTER_HOME"]) as instance:
-                yield instance
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-
-
-def _run(argv: list[str], env: dict[str, str], cwd: Path, log: Path, timeout_s: float) -> subprocess.CompletedProcess:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        return subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              timeout=timeout_s, check=False)
-
-
 @pytest.fixture(scope="module")
 def team(tmp_path_factory: pytest.TempPathFactory, mnist_slice_dir: Path) -> Iterator[Team]:
-    if _postgres_bin() is None:
+    if postgres_bin() is None:
         pytest.fail("PostgreSQL's initdb not found: apt-get install postgresql (.ci/run installs it)")
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server not found: apt-get install redis-server (.ci/run installs it)")
-    with _team_root(tmp_path_factory) as root:
-        yield from _started_team(root, tmp_path_factory.mktemp("team_cwd"), mnist_slice_dir)
-
-
-def _started_team(root: Path, cwd: Path, mnist_slice_dir: Path) -> Iterator[Team]:
-    """start.sh, run from `cwd` with all state under `root`; stop.sh afterwards, whatever happened."""
-    ports = {name: free_port() for name in ("PG", "REDIS", "MLFLOW", "DAGSTER")}
-    env = child_env(
-        VAE_TEAM_ROOT=str(root), **{f"VAE_TEAM_{name}_PORT": str(port) for name, port in ports.items()},
-        VAE_PIPELINE_MNIST_DIR=str(mnist_slice_dir),
-        # The tests launch every run themselves; automation would start more with the default config.
-        VAE_PIPELINE_AUTOMATION="off",
-    )
-    for name in ("VAE_PIPELINE_DATA_DIR", "DAGSTER_HOME", "DAGSTER_PG_PASSWORD"):  # start.sh's to set
-        env.pop(name, None)
-    log = ARTIFACTS / "logs" / "team-start.log"
-    log.parent.mkdir(parents=True, exist_ok=True)  # before the repository's state is taken
-    log.unlink(missing_ok=True)
-    repository_before = _repository_state()
-    started = time.monotonic()
-    try:
-        result = _run(["bash", str(START)], env, cwd, log, 400)
-        assert result.returncode == 0, f"start.sh failed:\n{log.read_text(errors='replace')[-4000:]}"
-        print(f"start.sh: {time.monotonic() - started:.0f} s")  # shown with -s
-        team_env = _read_env(root / "team.env")
-        server = Server("dagster-webserver", None, ports["DAGSTER"], root / "logs" / "dagster-webserver.log")  # type: ignore[arg-type]
-        dev = DagsterDev(server, Path(team_env["DAGSTER_HOME"]), Path(team_env["VAE_PIPELINE_DATA_DIR"]), team_env["MLFLOW_TRACKING_URI"])
-
-        wait_for_location(dev, 240, 1.0)
-        workers = {int((root / "run" / f"{name}.pid").read_text()): name for name in WORKERS}
-        yield Team(root, cwd, team_env, dev, workers, repository_before)
-    finally:
-        stop_log = ARTIFACTS / "logs" / "team-stop.log"
-        stop_log.unlink(missing_ok=True)
-        stopped = _run(["bash", str(STOP)], env, cwd, stop_log, 180)
-        if (root / "logs").is_dir():  # CI keeps the servers' logs
-            shutil.copytree(root / "logs", ARTIFACTS / "logs" / "team", dirs_exist_ok=True)
-        assert stopped.returncode == 0, stop_log.read_text(errors="replace")[-2000:]
-        assert not list((root / "run").glob("*.pid")), "stop.sh left processes behind"
-        assert not (root / "postgres" / "data" / "postmaster.pid").exists(), "stop.sh left PostgreSQL running"
+    with team_root(tmp_path_factory.mktemp("team")) as root, \
+            started_team(root, tmp_path_factory.mktemp("team_cwd"), mnist_slice_dir) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -225,37 +89,16 @@ def _step_pids(instance: dg.DagsterInstance, run_id: str) -> dict[str, int]:
     return {e.step_key: e.pid for e in _events(instance, run_id, dg.DagsterEventType.STEP_START)}
 
 
-def _launch(team: Team, config: dict[str, Any], assets: list[str], tags: dict[str, str] | None = None) -> str:
-    """A run of `assets` through GraphQL, as the UI's Materialize launches it (the implicit asset job)."""
-    return team.dev.client().submit_job_execution(
-        "__ASSET_JOB", repository_location_name="vae_pipeline", repository_name="__repository__",
-        run_config=config, tags=tags or {}, asset_selection=assets,
-    )
-
-
 def test_a_sweep_backfill_runs_on_two_celery_workers_into_postgres_and_mlflow(
     team: Team, celery_run_config: Callable[..., dict[str, Any]],
 ) -> None:
     config = celery_run_config()
-    shared = _launch(team, config, SHARED)
+    shared = launch(team, config, SHARED)
     assert team.dev.wait(shared, timeout_s=400) == "SUCCESS", team.dev.run_events(shared)[-20:]
 
     # The sweep as a team launches it from the UI: add the variants, then backfill those partitions.
     team.dev.add_variants(*SWEEP)
-    started = time.monotonic()
-    launched = team.dev.graphql(LAUNCH_BACKFILL, {"params": {
-        "partitionNames": SWEEP, "assetSelection": [{"path": [a]} for a in [*PER_VARIANT, "sweep_comparison"]],
-        "runConfigData": config, "title": "sweep on celery",
-    }})["launchPartitionBackfill"]
-    assert launched["__typename"] == "LaunchBackfillSuccess", launched
-
-    def backfill_done() -> dict[str, Any] | None:
-        found = team.dev.graphql(BACKFILL, {"id": launched["backfillId"]})["partitionBackfillOrError"]
-        assert found["__typename"] == "PartitionBackfill", found
-        return found if found["status"] not in ("REQUESTED", "CANCELING") else None
-
-    backfill = wait_for("the sweep backfill", backfill_done, 900, 2.0, log=team.root / "logs" / "dagster-daemon.log")
-    elapsed = time.monotonic() - started
+    backfill, elapsed = run_backfill(team, SWEEP, [*PER_VARIANT, "sweep_comparison"], config, "sweep on celery")
     assert backfill["status"] == "COMPLETED_SUCCESS", backfill
     runs = [r["runId"] for r in backfill["runs"]]
     assert all(r["status"] == "SUCCESS" for r in backfill["runs"]), backfill["runs"]
@@ -312,10 +155,10 @@ def test_a_sweep_backfill_runs_on_two_celery_workers_into_postgres_and_mlflow(
     # (e) Nothing outside the configured roots: not the embedded MLflow store in the data folder (its
     # folder may be there, empty), not the repository (data/, mlruns/, new files at its top), not the
     # folder the script was started from.
-    assert _files(team.dev.data_dir / "mlflow") == {}
+    assert files_of(team.dev.data_dir / "mlflow") == {}
     assert list(team.cwd.iterdir()) == []
     names_before, files_before = team.repository_before
-    names_after, files_after = _repository_state()
+    names_after, files_after = repository_state()
     assert names_after - names_before == set()
     assert files_after == files_before
     print(f"sweep of {len(SWEEP)} variants on {len(WORKERS)} Celery workers: {elapsed:.0f} s "  # shown with -s
@@ -332,7 +175,7 @@ def test_a_celery_worker_killed_in_training_fails_the_run_and_the_retry_resumes_
     assets = ["vae_model"] if has_shared else ["mnist_raw", "mnist_tensors", "vae_model"]
     config = {"ops": {a: ops["ops"][a] for a in assets}, "execution": ops["execution"]}
     team.dev.add_variants(LONG_VARIANT)
-    run_id = _launch(team, config, assets, tags={"dagster/partition": LONG_VARIANT})
+    run_id = launch(team, config, assets, tags={"dagster/partition": LONG_VARIANT})
 
     with team.instance() as instance:
         pid = wait_for("vae_model to start", lambda: _step_pids(instance, run_id).get("vae_model"), 300, 0.5)
@@ -382,3 +225,4 @@ def test_a_celery_worker_killed_in_training_fails_the_run_and_the_retry_resumes_
     finished = client.get_run(started.info.run_id)
     assert (finished.info.status, finished.data.tags["dagster.run_id"]) == ("FINISHED", retry)
     assert load_checkpoint(checkpoint)["epoch"] == LONG_TRAINING["epochs"]
+
