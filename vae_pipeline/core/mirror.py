@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import uuid
 from pathlib import Path
 
@@ -76,7 +77,7 @@ class Mirror:
                 listing = self.fs.find(remote, detail=True)
             except OSError as exc:
                 raise self._error("read", remote, exc) from exc
-            held = {self._relative(name): info for name, info in listing.items() if info["type"] == "file"}
+            held = {self._relative(name): entry for name, entry in listing.items() if entry["type"] == "file"}
             for name, file_info in held.items():
                 self._pull_file(name, file_info)
             if target.is_dir():  # the remote is the truth: drop what it no longer holds
@@ -105,7 +106,7 @@ class Mirror:
         try:
             if isinstance(self.fs, LocalFileSystem):  # a mounted folder: copy beside it, then rename over
                 partial = f"{remote}.{uuid.uuid4().hex}.partial"
-                self.fs.makedirs(self.fs._parent(remote), exist_ok=True)
+                self.fs.makedirs(posixpath.dirname(remote), exist_ok=True)
                 try:
                     self.fs.put_file(str(path), partial)
                     self.fs.mv(partial, remote)
