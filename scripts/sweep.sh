@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A sweep on one machine, no servers: add the sweep file's variants as partitions of this instance,
-# then train and evaluate each (one `dg launch` run per variant, steps as processes of Dagster's
-# multiprocess executor), each run ending with sweep_comparison over every variant evaluated so far.
+# materialize what every variant shares (raw data, tensor store, judge) once, then train, evaluate
+# and gate each variant (one `dg launch` run per variant, steps as processes of Dagster's
+# multiprocess executor), and end with one sweep_comparison over every variant evaluated.
 #   bash scripts/sweep.sh                       # sweeps/default.yaml (or $VAE_PIPELINE_SWEEP)
 #   bash scripts/sweep.sh sweeps/mine.yaml      # another sweep file
 #   bash scripts/sweep.sh sweeps/mine.yaml -c run_config.yaml   # extra arguments go to every dg launch
@@ -17,8 +18,16 @@ source .venv/bin/activate
 source scripts/instance.sh
 keys="$(python -m vae_pipeline.variants_cli sweep "$sweep_file")"   # checked before anything runs
 python -m vae_pipeline.variants_cli add --sweep "$sweep_file"
+# vae_pipeline_job's assets, split: those every variant shares, and those of one variant (partitioned).
+shared=mnist_raw,mnist_tensors,digit_classifier
+per_variant=vae_model,autoencoder_baseline,latent_embeddings,prior_samples,reconstruction_report,latent_evaluation
+per_variant+=,version_comparison,champion_comparison,champion_model
+echo "== shared: raw data, tensor store, judge"
+dg launch --assets "$shared" "$@" -c deploy/local/multiprocess.yaml
 for key in $keys; do
   echo "== variant $key"
-  dg launch --job vae_pipeline_job --partition "$key" "$@" -c deploy/local/multiprocess.yaml
+  dg launch --assets "$per_variant" --partition "$key" "$@" -c deploy/local/multiprocess.yaml
 done
+echo "== sweep comparison"
+dg launch --assets sweep_comparison "$@" -c deploy/local/multiprocess.yaml
 echo "== every variant done: ${VAE_PIPELINE_DATA_DIR:-data}/sweeps/vae-<dataset>/comparison.parquet"

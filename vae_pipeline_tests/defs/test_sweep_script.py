@@ -40,14 +40,19 @@ def test_a_sweep_from_the_script_trains_and_compares_every_variant(tmp_path: Pat
                           capture_output=True, text=True, timeout=900, check=False)
     output = f"exit {done.returncode}\n--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-8000:]}"
     assert done.returncode == 0, output
-    assert [line for line in done.stdout.splitlines() if line.startswith("== variant")] == [f"== variant {v}" for v in VARIANTS]
+    assert [line for line in done.stdout.splitlines() if line.startswith("==")] == [
+        "== shared: raw data, tensor store, judge", *[f"== variant {v}" for v in VARIANTS], "== sweep comparison",
+        "== every variant done: " + str(data) + "/sweeps/vae-<dataset>/comparison.parquet"]
 
     table = pd.read_parquet(data / "sweeps" / "vae-mnist" / "comparison.parquet")
     assert list(table["variant"]) == VARIANTS and table["comparable"].all(), table
     store = f"sqlite:///{data / 'mlflow' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=store, registry_uri=store)  # not the registry another test made this process's default
     assert sorted(v.tags["variant"] for v in client.search_model_versions("name='vae-mnist'")) == VARIANTS
-    # Steps ran as processes of the multiprocess executor: one manifest per step, each run its own.
+    # One run per variant; the shared assets and the comparison once each, in runs of their own.
     runs = {path.stem for path in (data / "manifests" / "vae_model").glob("*/*.json")}
     assert len(runs) == 2
+    assert len(list((data / "manifests" / "mnist_tensors").glob("*.json"))) == 1
+    assert len(list((data / "manifests" / "sweep_comparison").glob("*.json"))) == 1
+    assert runs.isdisjoint(p.stem for p in (data / "manifests" / "mnist_tensors").glob("*.json"))
     assert "multiprocess" in json.dumps(yaml.safe_load((REPO_ROOT / "deploy" / "local" / "multiprocess.yaml").read_text()))
