@@ -3,13 +3,14 @@
 Torch, safetensors, pandas and matplotlib all write local files, and an object store has no rename,
 so the pipeline keeps writing atomically into a local folder and publishes each finished file with
 one PUT (write-then-put). An object PUT replaces the whole object at once, so a reader on another
-machine sees the old object or the new one. The remote is the truth: pulling a file that the remote
-does not hold removes the local copy, so a wiped bucket is never papered over by a stale cache.
+machine sees the old object or the new one. The remote is the truth: pulling a file synced before
+that the remote no longer holds removes the local copy, so a wiped bucket is never papered over by
+a stale cache (a file never synced is a step's output on its way up, and is left alone).
 
 Each synced file has a small record beside it in `<local>/.mirror/` holding the remote object's
-identity (ETag, modification time and size, as the filesystem reports them) and the local file's size and mtime. A pull
-downloads only when the remote object or the local file changed since the last sync; a push uploads
-only when the local file changed.
+identity (ETag or modification time, and size, as the filesystem reports them) and the local
+file's size and mtime. A pull downloads only when the remote object or the local file changed
+since the last sync; a push uploads only when the local file changed.
 """
 
 from __future__ import annotations

@@ -81,6 +81,12 @@ class PipelineStorage(dg.ConfigurableResource):
             self._mirror().pull(path.relative_to(self.root).as_posix())
         return path
 
+    def working_folder(self, *parts: str) -> Path:
+        """A folder a step reads and then writes (a model's checkpoint folder): pulled as it is now, created if absent."""
+        path = self.fetch(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def publish(self, path: Path) -> None:
         """Put a written file, or a folder's files, into a remote data folder (one whole-object PUT each)."""
         if self.is_remote:

@@ -62,8 +62,7 @@ def digit_classifier(
     device = resolve_device(config.device)
     data_version = mnist_tensors["content_sha256"]
     fingerprint = _fingerprint(cfg, data_version, device.type)
-    folder = storage.fetch("models", "judge", fingerprint)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = storage.working_folder("models", "judge", fingerprint)
     summary_path, checkpoint = folder / "summary.json", folder / "judge.safetensors"
     summary, problem = _reusable(summary_path, storage)
     if problem is not None:

@@ -178,8 +178,7 @@ def _train_tracked(
     client = mlflow_tracking.activate()  # fails fast on an unreachable tracking server
     data_version = mnist_tensors["content_sha256"]
     fingerprint = _fingerprint(model_cfg, train_cfg, data_version, device)
-    folder = storage.fetch("models", role, fingerprint)  # a resume may run on another worker than the interrupted step
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = storage.working_folder("models", role, fingerprint)  # a resume may run on another worker than the interrupted step
     summary_path, run_path, checkpoint = folder / "summary.json", folder / "mlflow_run.json", folder / "checkpoint.pt"
     store_path = storage.resolve(mnist_tensors["path"])
     experiment_id = mlflow_tracking.experiment_id(client)
