@@ -29,8 +29,8 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # vae_pipeline_tests is not installed; its helpers are reused here
 
-from vae_pipeline_tests.defs.test_graph import run_config  # noqa: E402
-from vae_pipeline_tests.e2e.conftest import child_env  # noqa: E402
+from vae_pipeline_tests.helpers import run_config  # noqa: E402
+from vae_pipeline_tests.e2e.servers import child_env  # noqa: E402
 from vae_pipeline_tests.e2e.team import (  # noqa: E402
     CELERY_RUN_CONFIG,
     PER_VARIANT,

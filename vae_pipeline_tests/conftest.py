@@ -1,15 +1,17 @@
-"""Shared fixtures: where real MNIST is, and small slices of it."""
+"""Shared fixtures: where real MNIST is, small slices of it, and the tiny whole graph built once per session."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from vae_pipeline_tests.helpers import REPO_ROOT, materialize_all
 from vae_pipeline_tests.idx_files import write_mnist_slice
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _find_mnist() -> Path | None:
@@ -38,3 +40,29 @@ def mnist_dir() -> Path:
 def mnist_slice_dir(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1,200 training and 300 test images of real MNIST as an IDX set (md5 checks must be off)."""
     return write_mnist_slice(mnist_dir, tmp_path_factory.mktemp("mnist_slice"), n_train=1200, n_test=300)
+
+
+@dataclass(frozen=True)
+class BuiltGraph:
+    """A data folder (MLflow's embedded store inside) after one whole-graph run of the tiny variant."""
+
+    data_dir: Path
+    result: dg.ExecuteInProcessResult  # the run's events: what each asset reported
+
+
+@pytest.fixture(scope="session")
+def tiny_graph(mnist_slice_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> BuiltGraph:
+    """The tiny whole graph materialized once per session (seed 0): VAE v1 registered and champion, everything below
+    it written. Read it, never write to it: a test that changes state starts from `tiny_graph_copy`."""
+    data_dir = tmp_path_factory.mktemp("tiny_graph") / "data"
+    result = materialize_all(data_dir, mnist_slice_dir, seed=0)
+    assert result.success, [str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure]
+    return BuiltGraph(data_dir, result)
+
+
+@pytest.fixture
+def tiny_graph_copy(tiny_graph: BuiltGraph, tmp_path: Path) -> Path:
+    """A copy of the tiny graph's data folder for one test to change (its MLflow store follows it)."""
+    target = tmp_path / "data"
+    shutil.copytree(tiny_graph.data_dir, target)
+    return target

@@ -14,13 +14,13 @@ from vae_pipeline.core.config import ConfigError, ModelConfig, TrainConfig
 from vae_pipeline.core.idx import read_raw_dataset
 from vae_pipeline.core.model import build_model
 from vae_pipeline.core.train import (
-    TIMING_KEYS,
     Callback,
     History,
     NonFiniteLossError,
     ProgressPrinter,
     fit,
 )
+from vae_pipeline_tests.training import StopAfter, without_timing
 
 MODEL = ModelConfig(hidden_dims=(32,), latent_dim=4)
 
@@ -39,24 +39,6 @@ def _cfg(**overrides: object) -> TrainConfig:
     base = dict(epochs=3, batch_size=32, seed=0, mc_samples=2, free_bits=0.05, kl_warmup_epochs=2)
     base.update(overrides)
     return TrainConfig(**base)  # type: ignore[arg-type]
-
-
-def _without_timing(history: History) -> list[dict[str, float]]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]
-
-
-class _StopAfter(Callback):
-    """Simulates an interruption: raises once the given epoch has been checkpointed."""
-
-    class Interrupt(Exception):
-        pass
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        if epoch == self.epoch:
-            raise self.Interrupt
 
 
 class _Recorder(Callback):
@@ -91,7 +73,7 @@ class TestHistory:
         cfg = _cfg(epochs=2, binarization=binarization)
         a = fit(build_model(MODEL), x, x[:32], cfg, "cpu")
         b = fit(build_model(MODEL), x.float() / 255, x[:32].float() / 255, cfg, "cpu")
-        assert _without_timing(a) == _without_timing(b)
+        assert without_timing(a) == without_timing(b)
 
 
 class TestDeterminism:
@@ -100,7 +82,7 @@ class TestDeterminism:
         cfg = _cfg(binarization=binarization)
         a = fit(build_model(MODEL), _images(96), _images(40, seed=1), cfg, "cpu")
         b = fit(build_model(MODEL), _images(96), _images(40, seed=1), cfg, "cpu")
-        assert _without_timing(a) == _without_timing(b)
+        assert without_timing(a) == without_timing(b)
 
     def test_different_seed_different_metrics(self) -> None:
         a = fit(build_model(MODEL), _images(96), _images(40, seed=1), _cfg(seed=0), "cpu")
@@ -120,14 +102,14 @@ class TestResume:
         full = fit(full_model, train, val, cfg, "cpu", checkpoint_path=tmp_path / "full.pt")
 
         path = tmp_path / "run.pt"
-        with pytest.raises(_StopAfter.Interrupt):
-            fit(build_model(MODEL), train, val, cfg, "cpu", callbacks=[_StopAfter(2)], checkpoint_path=path)
+        with pytest.raises(StopAfter.Interrupt):
+            fit(build_model(MODEL), train, val, cfg, "cpu", callbacks=[StopAfter(2)], checkpoint_path=path)
         assert load_checkpoint(path)["epoch"] == 2
         recorder = _Recorder()
         resumed_model = build_model(MODEL, seed=99)  # different init: the checkpoint must overwrite it
         resumed = fit(resumed_model, train, val, cfg, "cpu", callbacks=[recorder], checkpoint_path=path)
 
-        assert _without_timing(resumed) == _without_timing(full)
+        assert without_timing(resumed) == without_timing(full)
         assert recorder.events == ["begin@2", "epoch3:3", "epoch4:4", "end:4"]
         for (name, a), (_, b) in zip(full_model.state_dict().items(), resumed_model.state_dict().items()):
             assert torch.equal(a, b), name
@@ -138,7 +120,7 @@ class TestResume:
         path = tmp_path / "ckpt.pt"
         fit(build_model(MODEL), train, val, _cfg(epochs=2), "cpu", checkpoint_path=path)
         extended = fit(build_model(MODEL), train, val, _cfg(epochs=3), "cpu", checkpoint_path=path)
-        assert _without_timing(extended) == _without_timing(full)
+        assert without_timing(extended) == without_timing(full)
 
     def test_changed_config_is_refused_with_the_fix(self, tmp_path: Path) -> None:
         path = tmp_path / "ckpt.pt"

@@ -19,7 +19,7 @@ from vae_pipeline.core.idx import read_raw_dataset
 from vae_pipeline.core.inference import iwae_nll
 from vae_pipeline.core.model import build_model
 from vae_pipeline.core.train import Callback, fit
-from vae_pipeline_tests.core.test_train import _StopAfter, _without_timing
+from vae_pipeline_tests.training import StopAfter, without_timing
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 
@@ -106,8 +106,8 @@ class TestResumeOnCuda:
         full = fit(build_model(MODEL), train, val, cfg, CUDA)
 
         path = tmp_path / "run.pt"
-        with pytest.raises(_StopAfter.Interrupt):
-            fit(build_model(MODEL), train, val, cfg, CUDA, callbacks=[_StopAfter(2)], checkpoint_path=path)
+        with pytest.raises(StopAfter.Interrupt):
+            fit(build_model(MODEL), train, val, cfg, CUDA, callbacks=[StopAfter(2)], checkpoint_path=path)
         n_batches = math.ceil(train.shape[0] / cfg.batch_size)
         assert load_checkpoint(path)["epoch"] == 2
         resumed_model = build_model(MODEL, seed=99)  # different init: the checkpoint must overwrite it
@@ -121,7 +121,7 @@ class TestResumeOnCuda:
         # runs are compared at 1e-4 relative. Resuming with fresh random streams instead of the
         # checkpointed ones moved these metrics by 1e-3 to 4e-3 relative (measured on the CPU, same
         # model and data), and a lost optimizer state moves them further.
-        for a, b in zip(_without_timing(resumed), _without_timing(full)):
+        for a, b in zip(without_timing(resumed), without_timing(full)):
             assert a.keys() == b.keys()
             for key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-4), (a["epoch"], key)

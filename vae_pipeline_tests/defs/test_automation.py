@@ -23,7 +23,7 @@ from vae_pipeline.definitions import defs
 from vae_pipeline.defs.raw_files import observe_raw_files
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline.defs.variants import SWEEP_ENV, sweep_variants
-from vae_pipeline_tests.defs.test_graph import run_config
+from vae_pipeline_tests.helpers import run_config
 from vae_pipeline_tests.idx_files import write_mnist_slice
 from vae_pipeline_tests.variants import TINY_VARIANT
 

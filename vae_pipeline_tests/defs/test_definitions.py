@@ -12,7 +12,7 @@ import dagster as dg
 
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.variants import VARIANTS
-from vae_pipeline_tests.conftest import REPO_ROOT
+from vae_pipeline_tests.helpers import REPO_ROOT
 
 # One model's assets, one partition per variant (defs/variants.py); the data, the judge and the sweep's table are shared.
 PARTITIONED = {

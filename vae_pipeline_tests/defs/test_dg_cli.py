@@ -17,8 +17,8 @@ import pytest
 import tomlkit  # dg's own TOML reader, so this runs on Python 3.10 too (no tomllib)
 import yaml
 
-from vae_pipeline_tests.conftest import REPO_ROOT
-from vae_pipeline_tests.defs.test_graph import TINY_TRAINING
+from vae_pipeline_tests.helpers import REPO_ROOT
+from vae_pipeline_tests.helpers import TINY_TRAINING
 from vae_pipeline_tests.variants import TINY_VARIANT
 
 DG = Path(sys.executable).parent / "dg"

@@ -13,7 +13,7 @@ from vae_pipeline.core.tensor_store import load_tensor_store
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.lineage import LineageError, load_model_store
 from vae_pipeline.defs.resources import PipelineStorage, default_resources
-from vae_pipeline_tests.defs.test_graph import TINY_TRAINING
+from vae_pipeline_tests.helpers import TINY_TRAINING
 from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 
 pytestmark = pytest.mark.slow

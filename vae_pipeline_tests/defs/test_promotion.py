@@ -1,7 +1,7 @@
 """Promotion compares like with like: each gate outcome forced with models built to be clearly better or worse.
 
-Only ingest, training, the comparison and the champion are materialized (the t-SNE work of
-latent_evaluation plays no part in promotion).
+Each test starts from a copy of the session's tiny graph, whose v1 (2 epochs) is the champion; then
+only ingest (reused), training, the comparison and the champion are materialized.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from mlflow.tracking import MlflowClient
 
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.resources import default_resources
-from vae_pipeline_tests.defs.test_graph import TINY_GATES, TINY_TRAINING
+from vae_pipeline_tests.helpers import TINY_GATES, TINY_TRAINING, mlflow_client, tracking_uri
 from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 
 pytestmark = pytest.mark.slow
@@ -30,7 +29,6 @@ def promote(
     variant: str = TINY_VARIANT, selection: list[str] = SELECTION, instance: dg.DagsterInstance | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Materialize `selection` for one variant, in `instance` (a fresh ephemeral one by default)."""
-    uri = f"sqlite:///{data_dir / 'mlflow.db'}"
     configs = {
         "mnist_raw": {"config": {"source_dir": str(source_dir), "verify_md5": False, "allow_download": False}},
         "mnist_tensors": {"config": {"val_size": 200}},
@@ -41,7 +39,7 @@ def promote(
         [*defs.assets, *defs.asset_checks],
         selection=selection,
         run_config={"ops": {asset: config for asset, config in configs.items() if asset in selection}},
-        resources=default_resources(str(data_dir), tracking_uri=uri),
+        resources=default_resources(str(data_dir), tracking_uri=tracking_uri(data_dir)),
         instance=add_variants(instance or dg.DagsterInstance.ephemeral(), variant),
         partition_key=variant,
         raise_on_error=False,
@@ -49,8 +47,7 @@ def promote(
 
 
 def champion(data_dir: Path) -> int:
-    uri = f"sqlite:///{data_dir / 'mlflow.db'}"
-    return int(MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("vae-mnist", "champion").version)
+    return int(mlflow_client(tracking_uri(data_dir)).get_model_version_by_alias("vae-mnist", "champion").version)
 
 
 def gates(result: dg.ExecuteInProcessResult) -> dict[str, tuple[bool, str]]:
@@ -68,43 +65,45 @@ def comparison(result: dg.ExecuteInProcessResult) -> dict:
     return {k: v.value for k, v in result.asset_materializations_for_node("champion_comparison")[0].metadata.items()}
 
 
-def test_a_clearly_worse_challenger_stays_challenger(tmp_path: Path, mnist_slice_dir: Path) -> None:
-    first = promote(tmp_path, mnist_slice_dir)
-    assert first.success and champion(tmp_path) == 1
-    worse = promote(tmp_path, mnist_slice_dir, training={**UNTRAINED, "seed": 1})
+def test_a_clearly_worse_challenger_stays_challenger(tiny_graph_copy: Path, mnist_slice_dir: Path) -> None:
+    data_dir = tiny_graph_copy
+    assert champion(data_dir) == 1
+    worse = promote(data_dir, mnist_slice_dir, training={**UNTRAINED, "seed": 1})
     outcome = gates(worse)
     assert not worse.success
     assert outcome["nll_not_worse_than_champion"][0] is False
     assert "is worse than champion v1's" in outcome["nll_not_worse_than_champion"][1]
     assert "val split" in outcome["nll_not_worse_than_champion"][1]
     assert comparison(worse)["champion_source"] == "recorded"  # same protocol: the champion's own figures
-    assert champion(tmp_path) == 1  # the alias did not move
+    assert champion(data_dir) == 1  # the alias did not move
     assert "champion_model" not in {e.asset_key.to_user_string() for e in worse.get_asset_materialization_events()}
 
 
-def test_a_gaussian_challenger_is_not_compared_with_a_bernoulli_champion(tmp_path: Path, mnist_slice_dir: Path) -> None:
-    assert promote(tmp_path, mnist_slice_dir).success
-    gaussian = promote(tmp_path, mnist_slice_dir, variant="z4-b1-gauss")  # the variant sets the likelihood
+def test_a_gaussian_challenger_is_not_compared_with_a_bernoulli_champion(tiny_graph_copy: Path, mnist_slice_dir: Path) -> None:
+    data_dir = tiny_graph_copy
+    assert champion(data_dir) == 1
+    gaussian = promote(data_dir, mnist_slice_dir, variant="z4-b1-gauss")  # the variant sets the likelihood
     outcome = gates(gaussian)
     for gate in ("nll_not_worse_than_champion", "probe_not_worse_than_champion"):
         passed, text = outcome[gate]
         assert passed is False
         assert text.startswith("not compared: the champion's likelihood is bernoulli and the challenger's gaussian")
         assert text.endswith("champion v1 kept")
-    assert champion(tmp_path) == 1
+    assert champion(data_dir) == 1
 
 
-def test_a_champion_measured_with_another_k_is_measured_again(tmp_path: Path, mnist_slice_dir: Path) -> None:
+def test_a_champion_measured_with_another_k_is_measured_again(tiny_graph_copy: Path, mnist_slice_dir: Path) -> None:
     # The first champion trained 2 epochs and was measured with k=20; the challenger trains 12
     # epochs and is measured with k=30: it is compared with the champion re-measured with k=30.
-    assert promote(tmp_path, mnist_slice_dir).success and champion(tmp_path) == 1
-    better = promote(tmp_path, mnist_slice_dir, training={"epochs": 12}, gate={"iwae_k": 30})
+    data_dir = tiny_graph_copy
+    assert champion(data_dir) == 1
+    better = promote(data_dir, mnist_slice_dir, training={"epochs": 12}, gate={"iwae_k": 30})
     assert better.success, gates(better)
     figures = comparison(better)
     assert figures["champion_source"] == "re-measured (was iwae_k: 20 -> 30)"
     assert figures["protocol"]["iwae_k"] == 30
     assert figures["champion_val_iwae_nll"] > figures["val_iwae_nll"] + 1.0
-    assert champion(tmp_path) == 2
+    assert champion(data_dir) == 2
 
 
 def _refusal(result: dg.ExecuteInProcessResult) -> str:
@@ -117,17 +116,24 @@ def _refusal(result: dg.ExecuteInProcessResult) -> str:
 
 
 def test_a_variant_compared_with_a_champion_that_has_since_moved_is_compared_again(
-    tmp_path: Path, mnist_slice_dir: Path
+    tiny_graph_copy: Path, mnist_slice_dir: Path
 ) -> None:
-    """Variants are promoted one partition at a time: the alias moves only from the champion a version was measured against."""
+    """Variants are promoted one partition at a time: the alias moves only from the champion a version was measured against.
+
+    The second variant trains much longer than the first (20 epochs against 5), so measured again against
+    the first, now champion, it passes its gates and is promoted: the test fails if the re-comparison
+    still used the old champion's figures (it would name v1) or if the refused promotion had moved the alias.
+    """
+    data_dir = tiny_graph_copy
     instance = dg.DagsterInstance.ephemeral()  # one instance: later runs read the manifests earlier ones made
-    assert promote(tmp_path, mnist_slice_dir, instance=instance).success and champion(tmp_path) == 1
+    assert champion(data_dir) == 1
     # Two variants, each trained longer than v1 and compared with champion v1, neither promoted yet.
     first, second = "z8-b1-bern", "z6-b1-bern"
+    epochs = {first: 5, second: 20}
     compare_only = SELECTION[:-1]
     compared = {
-        variant: promote(tmp_path, mnist_slice_dir, training={"epochs": 12}, variant=variant, selection=compare_only,
-                         instance=instance)
+        variant: promote(data_dir, mnist_slice_dir, training={"epochs": epochs[variant]}, variant=variant,
+                         selection=compare_only, instance=instance)
         for variant in (first, second)
     }
     for variant, result in compared.items():
@@ -137,22 +143,19 @@ def test_a_variant_compared_with_a_champion_that_has_since_moved_is_compared_aga
     versions = {v: r.asset_materializations_for_node("vae_model")[0].metadata["model_version"].value for v, r in compared.items()}
     assert versions == {first: 2, second: 3}
 
-    assert promote(tmp_path, mnist_slice_dir, variant=first, selection=["champion_model"], instance=instance).success
-    assert champion(tmp_path) == 2
-    stale = promote(tmp_path, mnist_slice_dir, variant=second, selection=["champion_model"], instance=instance)
+    assert promote(data_dir, mnist_slice_dir, variant=first, selection=["champion_model"], instance=instance).success
+    assert champion(data_dir) == 2
+    stale = promote(data_dir, mnist_slice_dir, variant=second, selection=["champion_model"], instance=instance)
     assert not stale.success
     message = _refusal(stale)
     assert "v3 was compared with champion v1, but the champion is now v2" in message
     assert f"re-materialize champion_comparison[{second}]" in message
-    assert champion(tmp_path) == 2  # the alias did not move
+    assert champion(data_dir) == 2  # the alias did not move
 
-    # Measured again against the current champion, the second variant is promoted if, and only if, its gates pass.
-    again = promote(tmp_path, mnist_slice_dir, variant=second, selection=["champion_comparison", "champion_model"],
+    # Measured again, against the current champion, the longer-trained second variant passes and is promoted.
+    again = promote(data_dir, mnist_slice_dir, variant=second, selection=["champion_comparison", "champion_model"],
                     instance=instance)
     assert comparison(again)["champion_version"] == 2 and comparison(again)["model_version"] == 3
-    promoted = "champion_model" in {e.asset_key.to_user_string() for e in again.get_asset_materialization_events()}
-    if gates_passed(again):
-        assert again.success and promoted and champion(tmp_path) == 3
-        assert again.asset_materializations_for_node("champion_model")[0].metadata["previous_champion"].value == 2
-    else:
-        assert not again.success and not promoted and champion(tmp_path) == 2, gates(again)
+    assert gates_passed(again), gates(again)
+    assert again.success and champion(data_dir) == 3
+    assert again.asset_materializations_for_node("champion_model")[0].metadata["previous_champion"].value == 2

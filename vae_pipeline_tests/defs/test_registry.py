@@ -21,7 +21,7 @@ from vae_pipeline.definitions import defs
 from vae_pipeline.defs.registry import CHAMPION_HISTORY, render_description
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline.defs.tracking import MlflowTracking
-from vae_pipeline_tests.defs.test_graph import (
+from vae_pipeline_tests.helpers import (
     TINY_EVALUATION,
     TINY_GATES,
     TINY_JUDGE,

@@ -1,7 +1,7 @@
 """State that never gets stuck: reuse checks what it reuses, and the data folder can move.
 
-Each test starts from a copy of one materialized data folder (a real-MNIST slice, the tiny
-config, MLflow's default store inside the data folder), does to it what a user or a crash does,
+Each test starts from a copy of one materialized data folder (the session's tiny graph: a
+real-MNIST slice, the tiny config, MLflow's default store inside the data folder), does to it what a user or a crash does,
 and materializes the whole graph again.
 """
 
@@ -21,7 +21,7 @@ from vae_pipeline.core.checkpoint import CheckpointError
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.lineage import load_trained_model
 from vae_pipeline.defs.resources import PipelineStorage, default_resources
-from vae_pipeline_tests.defs.test_graph import run_config
+from vae_pipeline_tests.helpers import run_config
 from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 
 pytestmark = pytest.mark.slow
@@ -71,21 +71,16 @@ def vae_manifest(result: dg.ExecuteInProcessResult) -> dict:
     return result.asset_materializations_for_node("vae_model")[0].metadata
 
 
-@pytest.fixture(scope="module")
-def base(mnist_slice_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished materialization: VAE v1 registered and champion, everything downstream written."""
-    data_dir = tmp_path_factory.mktemp("base") / "data"
-    result, _ = materialize(data_dir, mnist_slice_dir)
-    assert result.success
-    assert versions(client_of(data_dir))[0][0] == 1
-    return data_dir
+@pytest.fixture
+def base(tiny_graph) -> Path:
+    """One finished materialization (the session's tiny graph): VAE v1 registered and champion, everything downstream written."""
+    assert versions(client_of(tiny_graph.data_dir))[0][0] == 1
+    return tiny_graph.data_dir
 
 
 @pytest.fixture
-def copy(base: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "data"
-    shutil.copytree(base, target)
-    return target
+def copy(tiny_graph_copy: Path) -> Path:
+    return tiny_graph_copy
 
 
 class TestReuseChecksWhatItReuses:

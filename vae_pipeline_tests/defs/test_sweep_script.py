@@ -16,8 +16,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from vae_pipeline_tests.conftest import REPO_ROOT
-from vae_pipeline_tests.defs.test_graph import run_config
+from vae_pipeline_tests.helpers import REPO_ROOT
+from vae_pipeline_tests.helpers import run_config
 
 pytestmark = pytest.mark.slow
 

@@ -19,24 +19,10 @@ from vae_pipeline.defs.validation import (
     check_run_partition,
     checked_executor,
 )
-from vae_pipeline_tests.defs.test_graph import run_config
+from vae_pipeline_tests.helpers import BAD_TRAINING, BAD_VARIANTS, materialize_all, run_config
 from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 
-# (vae_model config override, words the message must contain)
-BAD_TRAINING = {
-    "negative epochs": ({"epochs": -3}, ["ops.vae_model.config", "epochs=-3", "at least 1"]),
-    "batch larger than any split": ({"batch_size": 100_000}, ["ops.vae_model.config", "batch_size=100000", "smaller batch_size"]),
-    "cuda without a GPU": ({"device": "cuda"}, ["ops.vae_model.config", "device='cuda'", "device=auto or cpu"]),
-}
-
-# Latent size, beta and likelihood are the variant's, the run's partition key (defs/variants.py), so
-# a latent size of 0 or an unknown likelihood is a bad key; a user can add any key from the UI.
-# (A run that skips this check, such as materialize, fails in vae_model itself: test_variants.py.)
-BAD_VARIANTS = {
-    "latent dim 0": "z0-b1-bern",
-    "unknown likelihood": "z4-b1-poisson",
-    "not a variant key": "foo",
-}
+# (A run that skips the partition check, such as materialize, fails in vae_model itself: test_variants.py.)
 
 
 def _assert_names_the_key_and_the_fix(message: str, key: str) -> None:
@@ -285,7 +271,6 @@ def test_batch_larger_than_a_slice_fails_before_training_writes_anything(tmp_pat
     """The slice has 1,000 training images: the launch check cannot know, vae_model checks before its folder exists."""
     from mlflow.tracking import MlflowClient
 
-    from vae_pipeline_tests.defs.test_graph import materialize_all
 
     result = materialize_all(tmp_path, mnist_slice_dir, batch_size=5000)
     assert not result.success

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vae_pipeline.definitions import defs
     from vae_pipeline.defs.resources import default_resources
-    from vae_pipeline_tests.defs.test_graph import TINY_COMPARISON, TINY_EVALUATION, TINY_GATES, TINY_JUDGE, TINY_TRAINING
+    from vae_pipeline_tests.helpers import TINY_COMPARISON, TINY_EVALUATION, TINY_GATES, TINY_JUDGE, TINY_TRAINING
     from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 
     config = {

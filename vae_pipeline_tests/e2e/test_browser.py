@@ -13,8 +13,8 @@ import dagster as dg
 import pytest
 
 from vae_pipeline.definitions import defs
-from vae_pipeline_tests.e2e.conftest import ARTIFACTS, DagsterDev
-from vae_pipeline_tests.e2e.test_servers import ASSETS
+from vae_pipeline_tests.e2e.servers import ARTIFACTS, DagsterDev
+from vae_pipeline_tests.helpers import PIPELINE_ASSETS
 from vae_pipeline_tests.variants import TINY_VARIANT
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ CHROMIUM_ARGS = [
 SHOTS = ARTIFACTS / "screenshots"
 # The model assets, partitioned by variant: their graph node shows the share of partitions materialized
 # ("100% filled") where an unpartitioned one shows "Materialized".
-PARTITIONED = {asset for asset in ASSETS if defs.resolve_assets_def(dg.AssetKey(asset)).partitions_def is not None}
+PARTITIONED = {asset for asset in PIPELINE_ASSETS if defs.resolve_assets_def(dg.AssetKey(asset)).partitions_def is not None}
 SOME_FILLED = re.compile(r"^[1-9][0-9]*% filled$")  # at least one variant materialized (more may exist than were run)
 
 
@@ -64,9 +64,9 @@ def test_the_asset_graph_shows_every_asset(page, dagster_dev: DagsterDev) -> Non
     page.get_by_text("training", exact=True).first.wait_for(state="visible")
     _dismiss_welcome(page)
     page.keyboard.press("Alt+e")  # the graph's "Expand all groups" shortcut
-    assert PARTITIONED and PARTITIONED < ASSETS
+    assert PARTITIONED and PARTITIONED < PIPELINE_ASSETS
     try:
-        for asset in sorted(ASSETS):
+        for asset in sorted(PIPELINE_ASSETS):
             # The asset's node: the innermost box with its name and its rows ("Latest event", ...).
             node = page.locator("div").filter(has=page.get_by_text(asset, exact=True)).filter(has_text="Latest event").last
             status = node.get_by_text(SOME_FILLED) if asset in PARTITIONED else node.get_by_text("Materialized", exact=True)

@@ -27,8 +27,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from vae_pipeline_tests.conftest import REPO_ROOT
-from vae_pipeline_tests.e2e.conftest import ARTIFACTS, BIN, Server, child_env, free_port, start_server, wait_for
+from vae_pipeline_tests.helpers import REPO_ROOT
+from vae_pipeline_tests.e2e.servers import ARTIFACTS, BIN, Server, child_env, free_port, start_server, wait_for
 from vae_pipeline_tests.variants import TINY_VARIANT
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from vae_pipeline.core.checkpoint import load_checkpoint
-from vae_pipeline_tests.e2e.conftest import TERMINAL, DagsterDev, manifest, mlflow_client, wait_for
+from vae_pipeline_tests.e2e.servers import TERMINAL, DagsterDev, manifest, mlflow_client, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -13,19 +13,13 @@ import torch
 
 from vae_pipeline.core.sweep import load_sweep
 from vae_pipeline.defs.variants import DEFAULT_SWEEP, VARIANTS
-from vae_pipeline_tests.conftest import REPO_ROOT
-from vae_pipeline_tests.defs.test_validation import BAD_TRAINING, BAD_VARIANTS
-from vae_pipeline_tests.e2e.conftest import REPOSITORY, DagsterDev, Server, listening_addresses, mlflow_client
+from vae_pipeline_tests.helpers import REPO_ROOT
+from vae_pipeline_tests.helpers import BAD_TRAINING, BAD_VARIANTS, PIPELINE_ASSETS
+from vae_pipeline_tests.e2e.servers import REPOSITORY, DagsterDev, Server, listening_addresses, mlflow_client
 from vae_pipeline_tests.variants import TINY_VARIANT
 
 pytestmark = pytest.mark.slow
 
-ASSETS = {
-    "mnist_raw", "mnist_tensors", "vae_model", "autoencoder_baseline", "latent_embeddings",
-    "prior_samples", "reconstruction_report", "latent_evaluation", "champion_comparison", "champion_model",
-    "version_comparison",
-    "digit_classifier", "sweep_comparison",
-}
 DELETE_PARTITIONS = """mutation($repo: RepositorySelector!, $name: String!, $keys: [String!]!) {
   deleteDynamicPartitions(repositorySelector: $repo, partitionsDefName: $name, partitionKeys: $keys) {
     __typename ... on Error { message } } }"""
@@ -41,7 +35,7 @@ def test_servers_listen_on_loopback_only(dagster_dev: DagsterDev, mlflow_server:
 
 def test_whole_graph_through_graphql_lands_in_mlflow(dagster_dev: DagsterDev, first_run: str) -> None:
     steps = {e["stepKey"] for e in dagster_dev.run_events(first_run) if e["__typename"] == "MaterializationEvent"}
-    assert steps == ASSETS
+    assert steps == PIPELINE_ASSETS
     client = mlflow_client(dagster_dev.tracking_uri)  # the server's REST API
     runs = client.search_runs(
         [client.get_experiment_by_name("vae-pipeline").experiment_id], f"tags.`dagster.run_id` = '{first_run}'"

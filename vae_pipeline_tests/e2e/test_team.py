@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from vae_pipeline.core.checkpoint import load_checkpoint
-from vae_pipeline_tests.e2e.conftest import TERMINAL, mlflow_client, wait_for
+from vae_pipeline_tests.e2e.servers import TERMINAL, mlflow_client, wait_for
 from vae_pipeline_tests.e2e.team import (
     CELERY_RUN_CONFIG,
     PER_VARIANT,
