@@ -30,7 +30,10 @@ SWEEP = ["z2-b1-bern", "z4-b1-bern", "z4-b4-bern"]
 # the backfill they would make it plan latent_evaluation as a second run per variant.
 SHARED = ["mnist_raw", "mnist_tensors", "digit_classifier"]
 PER_VARIANT = ["vae_model", "autoencoder_baseline", "latent_embeddings", "prior_samples", "reconstruction_report",
-               "latent_evaluation"]
+               "latent_evaluation", "champion_comparison", "version_comparison"]
+# Promotion is per dataset: two variants of one backfill that pass their gates race for the alias (the
+# second is refused, by design: test_promotion.py). So champion_model runs once, after the backfill.
+PROMOTION = ["champion_model"]
 
 LAUNCH_BACKFILL = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
   __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message stack } ... on Error { message } } }"""

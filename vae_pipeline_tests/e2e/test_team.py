@@ -4,7 +4,12 @@
 temporary folder (VAE_TEAM_ROOT); `deploy/team/stop.sh` stops it at the end. The tests use it as a
 team would: add variants and launch a sweep backfill through the webserver's GraphQL API with the
 run config of deploy/team/celery.yaml, then read the results back from where the team reads them
-(the MLflow server's API, the Dagster database, the data folder). A Celery worker killed in the
+(the MLflow server's API, the Dagster database, the data folder).
+
+This is the suite's one sweep of several variants and its one whole graph on Celery: every asset of
+vae_pipeline_job runs as a task of the two workers (the shared assets, the backfill's per-variant
+assets and gates, one promotion), and the sweep's results are checked here (each variant its own
+model version and history, the comparison table measured alike, beta lowering the rate). A Celery worker killed in the
 middle of training is the fault injected: its run fails, the daemon retries it, and the retry
 resumes training from the checkpoint.
 """
@@ -26,10 +31,12 @@ import pytest
 import yaml
 
 from vae_pipeline.core.checkpoint import load_checkpoint
-from vae_pipeline_tests.e2e.servers import TERMINAL, mlflow_client, wait_for
+from vae_pipeline_tests.e2e.servers import TERMINAL, manifest, mlflow_client, wait_for
+from vae_pipeline_tests.helpers import PIPELINE_ASSETS
 from vae_pipeline_tests.e2e.team import (
     CELERY_RUN_CONFIG,
     PER_VARIANT,
+    PROMOTION,
     SHARED,
     SWEEP,
     WORKERS,
@@ -102,6 +109,9 @@ def test_a_sweep_backfill_runs_on_two_celery_workers_into_postgres_and_mlflow(
     assert backfill["status"] == "COMPLETED_SUCCESS", backfill
     runs = [r["runId"] for r in backfill["runs"]]
     assert all(r["status"] == "SUCCESS" for r in backfill["runs"]), backfill["runs"]
+    # Every variant passed its gates against no champion; the first of the sweep is promoted.
+    promoted = launch(team, config, PROMOTION, tags={"dagster/partition": SWEEP[0]})
+    assert team.dev.wait(promoted, timeout_s=300) == "SUCCESS", team.dev.run_events(promoted)[-20:]
 
     with team.instance() as instance:
         # (d) The runs are in PostgreSQL: the instance every process opens is, and its runs table holds them.
@@ -109,10 +119,16 @@ def test_a_sweep_backfill_runs_on_two_celery_workers_into_postgres_and_mlflow(
         by_partition = {instance.get_run_by_id(r).tags.get("dagster/partition"): r for r in runs}
         assert sorted(k for k in by_partition if k) == sorted(SWEEP) and None in by_partition, by_partition
         assert len(runs) == len(SWEEP) + 1, "one run per variant and one for the sweep table"
-        pids = {run_id: _step_pids(instance, run_id) for run_id in [shared, *runs]}
+        pids = {run_id: _step_pids(instance, run_id) for run_id in [shared, *runs, promoted]}
         hosts = {run_id: {e.event_specific_data.metadata["Celery worker"].value.split("@")[0]
                           for e in _events(instance, run_id, dg.DagsterEventType.ENGINE_EVENT)
-                          if e.message.endswith("in celery worker")} for run_id in [shared, *runs]}
+                          if e.message.endswith("in celery worker")} for run_id in [shared, *runs, promoted]}
+        materialized = {e.asset_key.to_user_string() for run_id in [shared, *runs, promoted]
+                        for e in _events(instance, run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)}
+        reports = {variant: instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("reconstruction_report"), asset_partitions=[variant]), limit=10).records
+            for variant in SWEEP}
+    assert materialized == PIPELINE_ASSETS  # the whole job, each step a Celery task (below)
     connection = psycopg2.connect(host=team.env["DAGSTER_PG_HOST"], port=team.env["DAGSTER_PG_PORT"], user=team.env["DAGSTER_PG_USER"],
                                   password=team.env["DAGSTER_PG_PASSWORD"], dbname=team.env["DAGSTER_PG_DB"])
     try:
@@ -148,9 +164,36 @@ def test_a_sweep_backfill_runs_on_two_celery_workers_into_postgres_and_mlflow(
         assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
         assert list((team.root / "mlartifacts").rglob(f"{version.run_id}/artifacts/checkpoint/checkpoint.pt"))
 
-    # (c) The sweep table holds every variant.
+    # Each variant's settings reached its run; each variant's history is its own: one report per variant,
+    # none naming a "previous version" (another variant's model is not one).
+    params = {variant: client.get_run(version.run_id).data.params for variant, version in versions.items()}
+    assert {v: (params[v]["model.latent_dim"], params[v]["train.beta"]) for v in SWEEP} == {
+        "z2-b1-bern": ("2", "1.0"), "z4-b1-bern": ("4", "1.0"), "z4-b4-bern": ("4", "4.0")}
+    for variant, records in reports.items():
+        assert len(records) == 1 and records[0].partition_key == variant
+        assert "previous_version" not in records[0].asset_materialization.metadata
+    assert int(client.get_model_version_by_alias("vae-mnist", "champion").version) == int(versions[SWEEP[0]].version)
+
+    # (c) The sweep table holds every variant, measured alike, in key order; beta buys a lower rate.
     table = pd.read_parquet(team.dev.data_dir / "sweeps" / "vae-mnist" / "comparison.parquet")
-    assert sorted(table["variant"]) == sorted(SWEEP)
+    assert list(table["variant"]) == SWEEP and table["comparable"].all(), table
+    assert list(table["latent_dim"]) == [2, 4, 4] and list(table["beta"]) == [1.0, 1.0, 4.0]
+    assert table[["test_iwae_nll", "test_recon_nll", "test_kl", "probe_accuracy", "knn_accuracy", "prior_fd",
+                  "midpoint_fd"]].notna().all().all()
+    by = table.set_index("variant")
+    assert by.loc["z4-b4-bern", "test_kl"] < by.loc["z4-b1-bern", "test_kl"]
+    (sweep_run,) = [r for r in runs if by_partition.get(None) == r]
+    comparison = manifest(team.dev.data_dir, "sweep_comparison", sweep_run, variant=None)
+    mlflow_run = client.get_run(comparison["mlflow_run_id"])
+    assert mlflow_run.data.tags["role"] == "sweep_comparison"
+    assert {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "sweep")} == {
+        "sweep/comparison.parquet", "sweep/rate_distortion.png"}
+    # Nothing changed: the comparison is reused, not computed again.
+    again = launch(team, config, ["sweep_comparison"])
+    assert team.dev.wait(again, timeout_s=300) == "SUCCESS"
+    with team.instance() as instance:
+        (event,) = _events(instance, again, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    assert event.event_specific_data.materialization.metadata["reused"].value is True
 
     # (e) Nothing outside the configured roots: not the embedded MLflow store in the data folder (its
     # folder may be there, empty), not the repository (data/, mlruns/, new files at its top), not the
