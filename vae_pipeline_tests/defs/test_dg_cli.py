@@ -21,6 +21,9 @@ from vae_pipeline_tests.helpers import REPO_ROOT
 from vae_pipeline_tests.helpers import TINY_TRAINING
 from vae_pipeline_tests.variants import TINY_VARIANT
 
+# Each test starts `dg` processes (several seconds each): not the fast tier.
+pytestmark = pytest.mark.slow
+
 DG = Path(sys.executable).parent / "dg"
 PIPELINE_ASSETS = {
     "mnist_raw", "mnist_tensors", "vae_model", "autoencoder_baseline", "digit_classifier", "latent_embeddings",

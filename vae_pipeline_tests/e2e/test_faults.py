@@ -24,7 +24,8 @@ from vae_pipeline.defs.variants import DEFAULT_VARIANT
 from vae_pipeline_tests.helpers import REPO_ROOT
 from vae_pipeline_tests.e2e.servers import ARTIFACTS, DagsterDev, child_env, manifest, mlflow_client
 
-pytestmark = pytest.mark.slow
+# One pytest-xdist worker runs every test of the session's `dagster dev` and `mlflow server` (e2e/conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dagster_dev")]
 
 # The default variant (z20-b1-bern) on the slice, with small batches and enough epochs that the
 # process can be killed after its first checkpoint and well before its last (about 0.3 s an epoch

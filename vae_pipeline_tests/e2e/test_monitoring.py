@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 from vae_pipeline.core.checkpoint import load_checkpoint
 from vae_pipeline_tests.e2e.servers import TERMINAL, DagsterDev, manifest, mlflow_client, wait_for
 
-pytestmark = pytest.mark.slow
+# One pytest-xdist worker runs every test of the session's `dagster dev` and `mlflow server` (e2e/conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dagster_dev")]
 
 # Long enough on the 1,000-image slice (about a minute) to be killed while training; latent size 8
 # (the variant z8-b1-bern).

@@ -18,7 +18,8 @@ from vae_pipeline_tests.helpers import BAD_TRAINING, BAD_VARIANTS, PIPELINE_ASSE
 from vae_pipeline_tests.e2e.servers import REPOSITORY, DagsterDev, Server, listening_addresses, mlflow_client
 from vae_pipeline_tests.variants import TINY_VARIANT
 
-pytestmark = pytest.mark.slow
+# One pytest-xdist worker runs every test of the session's `dagster dev` and `mlflow server` (e2e/conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dagster_dev")]
 
 DELETE_PARTITIONS = """mutation($repo: RepositorySelector!, $name: String!, $keys: [String!]!) {
   deleteDynamicPartitions(repositorySelector: $repo, partitionsDefName: $name, partitionKeys: $keys) {
