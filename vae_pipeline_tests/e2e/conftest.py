@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import requests
 
-from vae_pipeline_tests.helpers import REPO_ROOT, run_config
 from vae_pipeline_tests.e2e.servers import (
     ARTIFACTS,
     BIN,
@@ -25,6 +24,7 @@ from vae_pipeline_tests.e2e.servers import (
     wait_for,
     wait_for_location,
 )
+from vae_pipeline_tests.helpers import REPO_ROOT, run_config
 from vae_pipeline_tests.variants import TINY_VARIANT
 
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import requests
-from mlflow.tracking import MlflowClient
 
 from vae_pipeline.defs.variants import VARIANTS
 from vae_pipeline_tests.helpers import REPO_ROOT
@@ -45,11 +44,6 @@ def child_env(**extra: str) -> dict[str, str]:
     """
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     return {**env, **extra}
-
-
-def mlflow_client(uri: str) -> MlflowClient:
-    """A client of one store for runs and registry alike (else the registry is MLflow's global one)."""
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def free_port() -> int:

@@ -18,8 +18,8 @@ from typing import Any
 
 import dagster as dg
 
-from vae_pipeline_tests.helpers import REPO_ROOT
 from vae_pipeline_tests.e2e.servers import ARTIFACTS, DagsterDev, Server, child_env, free_port, wait_for, wait_for_location
+from vae_pipeline_tests.helpers import REPO_ROOT
 
 START, STOP = REPO_ROOT / "deploy" / "team" / "start.sh", REPO_ROOT / "deploy" / "team" / "stop.sh"
 CELERY_RUN_CONFIG = REPO_ROOT / "deploy" / "team" / "celery.yaml"

@@ -21,8 +21,8 @@ import torch
 from vae_pipeline.core.checkpoint import load_checkpoint
 from vae_pipeline.core.train import TIMING_KEYS
 from vae_pipeline.defs.variants import DEFAULT_VARIANT
-from vae_pipeline_tests.helpers import REPO_ROOT
-from vae_pipeline_tests.e2e.servers import ARTIFACTS, DagsterDev, child_env, manifest, mlflow_client
+from vae_pipeline_tests.e2e.servers import ARTIFACTS, DagsterDev, child_env, manifest
+from vae_pipeline_tests.helpers import REPO_ROOT, mlflow_client
 
 # One pytest-xdist worker runs every test of the session's `dagster dev` and `mlflow server` (e2e/conftest.py).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dagster_dev")]

@@ -19,7 +19,8 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from vae_pipeline.core.checkpoint import load_checkpoint
-from vae_pipeline_tests.e2e.servers import TERMINAL, DagsterDev, manifest, mlflow_client, wait_for
+from vae_pipeline_tests.e2e.servers import TERMINAL, DagsterDev, manifest, wait_for
+from vae_pipeline_tests.helpers import mlflow_client
 
 # One pytest-xdist worker runs every test of the session's `dagster dev` and `mlflow server` (e2e/conftest.py).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dagster_dev")]

@@ -13,9 +13,8 @@ import torch
 
 from vae_pipeline.core.sweep import load_sweep
 from vae_pipeline.defs.variants import DEFAULT_SWEEP, VARIANTS
-from vae_pipeline_tests.helpers import REPO_ROOT
-from vae_pipeline_tests.helpers import BAD_TRAINING, BAD_VARIANTS, PIPELINE_ASSETS
-from vae_pipeline_tests.e2e.servers import REPOSITORY, DagsterDev, Server, listening_addresses, mlflow_client
+from vae_pipeline_tests.e2e.servers import REPOSITORY, DagsterDev, Server, listening_addresses
+from vae_pipeline_tests.helpers import BAD_TRAINING, BAD_VARIANTS, PIPELINE_ASSETS, REPO_ROOT, mlflow_client
 from vae_pipeline_tests.variants import TINY_VARIANT
 
 # One pytest-xdist worker runs every test of the session's `dagster dev` and `mlflow server` (e2e/conftest.py).

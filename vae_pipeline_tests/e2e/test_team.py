@@ -31,8 +31,7 @@ import pytest
 import yaml
 
 from vae_pipeline.core.checkpoint import load_checkpoint
-from vae_pipeline_tests.e2e.servers import TERMINAL, manifest, mlflow_client, wait_for
-from vae_pipeline_tests.helpers import PIPELINE_ASSETS
+from vae_pipeline_tests.e2e.servers import TERMINAL, manifest, wait_for
 from vae_pipeline_tests.e2e.team import (
     CELERY_RUN_CONFIG,
     PER_VARIANT,
@@ -49,6 +48,7 @@ from vae_pipeline_tests.e2e.team import (
     started_team,
     team_root,
 )
+from vae_pipeline_tests.helpers import PIPELINE_ASSETS, mlflow_client
 
 pytestmark = pytest.mark.slow
 
