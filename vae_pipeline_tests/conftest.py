@@ -23,7 +23,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Keep each test file on one pytest-xdist worker (`--dist loadgroup`), so that a module-scoped fixture is built
     once; files that share session servers carry one group of their own ("dagster_dev"). Then order the files."""
     for item in items:
-        if item.get_closest_marker("xdist_group") is None:
+        if item.module.__name__.startswith("vae_pipeline_tests.e2e."):
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+        elif item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     items.sort(key=lambda item: _ORDER.get(item.module.__name__.split(".")[1], 3))
 

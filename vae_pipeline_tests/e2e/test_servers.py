@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,50 +131,66 @@ def _new_files(folder: Path, before: set[Path]) -> set[Path]:
     return set(folder.rglob("*")) - before if folder.exists() else set()
 
 
-@pytest.mark.parametrize("case", sorted(BAD_TRAINING))
-def test_bad_config_fails_before_any_step_and_writes_nothing(
-    case: str, dagster_dev: DagsterDev, tiny_config: Callable[..., dict[str, Any]], first_run: str
-) -> None:
-    if case == "cuda without a GPU" and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA; the run worker would train on it")
+@dataclass(frozen=True)
+class BadRuns:
+    """Every bad config and bad variant key launched at once (each run is a process of its own that fails before
+    its first step: together they take as long as one), and what the deployment looked like afterwards."""
+
+    statuses: dict[str, str]  # case -> the run's final status
+    failures: dict[str, list[dict[str, Any]]]  # case -> the run's events
+    new_files: set[Path]  # written under the data folder while they ran
+    new_mlflow_runs: int
+
+
+@pytest.fixture(scope="module")
+def bad_runs(dagster_dev: DagsterDev, tiny_config: Callable[..., dict[str, Any]], first_run: str) -> BadRuns:
+    training = {case: overrides for case, (overrides, _) in BAD_TRAINING.items()}
+    if torch.cuda.is_available():  # "cuda without a GPU" means a machine without CUDA; this one would train
+        training.pop("cuda without a GPU")
     before = set(dagster_dev.data_dir.rglob("*"))
     client = mlflow_client(dagster_dev.tracking_uri)
-    runs_before = len(client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id]))
-    overrides, words = BAD_TRAINING[case]
-    run_id = dagster_dev.launch(tiny_config(seed=7, **overrides))
-    assert dagster_dev.wait(run_id, timeout_s=180) == "FAILURE"
-    events = dagster_dev.run_events(run_id)
+    experiment = client.get_experiment_by_name("vae-pipeline").experiment_id
+    runs_before = len(client.search_runs([experiment]))
+    dagster_dev.add_variants(*BAD_VARIANTS.values())
+    try:
+        launched = {case: dagster_dev.launch(tiny_config(seed=7, **overrides)) for case, overrides in training.items()}
+        launched |= {case: dagster_dev.launch(tiny_config(seed=7), variant=key) for case, key in BAD_VARIANTS.items()}
+        statuses = {case: dagster_dev.wait(run_id, timeout_s=240) for case, run_id in launched.items()}
+    finally:  # the partitions go again, so that the other tests see the deployment's variants only
+        deleted = dagster_dev.graphql(DELETE_PARTITIONS, {"repo": REPOSITORY, "name": VARIANTS.name, "keys": list(BAD_VARIANTS.values())})
+        assert deleted["deleteDynamicPartitions"]["__typename"] == "DeleteDynamicPartitionsSuccess", deleted
+    return BadRuns(statuses, {case: dagster_dev.run_events(run_id) for case, run_id in launched.items()},
+                   _new_files(dagster_dev.data_dir, before), len(client.search_runs([experiment])) - runs_before)
+
+
+def _failure_message(events: list[dict[str, Any]]) -> str:
+    """The run's failure message, after checking that no step started."""
     assert [e for e in events if e["__typename"] == "ExecutionStepStartEvent"] == []
     failure = next(e for e in events if e["__typename"] == "RunFailureEvent")
-    message = failure["error"]["message"] if failure.get("error") else failure["message"]
-    for w in words:
+    return failure["error"]["message"] if failure.get("error") else failure["message"]
+
+
+def test_bad_runs_write_nothing(bad_runs: BadRuns) -> None:
+    assert bad_runs.new_files == set()
+    assert bad_runs.new_mlflow_runs == 0
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TRAINING))
+def test_bad_config_fails_before_any_step(case: str, bad_runs: BadRuns) -> None:
+    if case not in bad_runs.statuses:
+        pytest.skip("this machine has CUDA; the run worker would train on it")
+    assert bad_runs.statuses[case] == "FAILURE"
+    message = _failure_message(bad_runs.failures[case])
+    for w in BAD_TRAINING[case][1]:
         assert w in message, message
-    assert _new_files(dagster_dev.data_dir, before) == set()
-    assert len(client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id])) == runs_before
 
 
 @pytest.mark.parametrize("case", sorted(BAD_VARIANTS))
-def test_a_bad_variant_key_fails_before_any_step_and_writes_nothing(
-    case: str, dagster_dev: DagsterDev, tiny_config: Callable[..., dict[str, Any]], first_run: str
-) -> None:
+def test_a_bad_variant_key_fails_before_any_step(case: str, bad_runs: BadRuns) -> None:
     """A key added from the UI's "Add partition" can be any string; a run of one that is no variant fails before its first step."""
     key = BAD_VARIANTS[case]
-    before = set(dagster_dev.data_dir.rglob("*"))
-    client = mlflow_client(dagster_dev.tracking_uri)
-    runs_before = len(client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id]))
-    dagster_dev.add_variants(key)
-    try:
-        run_id = dagster_dev.launch(tiny_config(seed=7), variant=key)
-        assert dagster_dev.wait(run_id, timeout_s=180) == "FAILURE"
-    finally:  # the partition goes again, so that the other tests see the deployment's variants only
-        deleted = dagster_dev.graphql(DELETE_PARTITIONS, {"repo": REPOSITORY, "name": VARIANTS.name, "keys": [key]})
-        assert deleted["deleteDynamicPartitions"]["__typename"] == "DeleteDynamicPartitionsSuccess", deleted
-    events = dagster_dev.run_events(run_id)
-    assert [e for e in events if e["__typename"] == "ExecutionStepStartEvent"] == []
-    failure = next(e for e in events if e["__typename"] == "RunFailureEvent")
-    message = failure["error"]["message"] if failure.get("error") else failure["message"]
+    assert bad_runs.statuses[case] == "FAILURE"
+    message = _failure_message(bad_runs.failures[case])
     # It names the key, the form of a variant key, and the fix.
     for w in (f"partition {key!r}", "z<latent_dim>-b<beta>-<bern|gauss>", "delete that partition in the ui"):
         assert w in message.lower(), message
-    assert _new_files(dagster_dev.data_dir, before) == set()
-    assert len(client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id])) == runs_before
