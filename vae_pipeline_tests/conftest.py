@@ -14,22 +14,6 @@ from vae_pipeline_tests.helpers import REPO_ROOT, materialize_all
 from vae_pipeline_tests.idx_files import write_mnist_slice
 
 
-# The order the suite runs in: the end-to-end files first, the unit tests last, so that under
-# pytest-xdist the longest groups start first and the short ones fill in around them.
-_ORDER = {"e2e": 0, "defs": 1, "core": 2}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep each test file on one pytest-xdist worker (`--dist loadgroup`), so that a module-scoped fixture is built
-    once; files that share session servers carry one group of their own ("dagster_dev"). Then order the files."""
-    for item in items:
-        if item.module.__name__.startswith("vae_pipeline_tests.e2e."):
-            item.add_marker(pytest.mark.xdist_group("e2e"))
-        elif item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: _ORDER.get(item.module.__name__.split(".")[1], 3))
-
-
 def _find_mnist() -> Path | None:
     configured = os.environ.get("VAE_PIPELINE_MNIST_DIR")
     candidates = [Path(configured)] if configured else []

@@ -1,7 +1,4 @@
-"""The end-to-end tests' servers as session fixtures: `mlflow server` and `dagster dev` on 127.0.0.1, and one run through them.
-
-The tests that use them run in one pytest-xdist group ("dagster_dev"), so one worker starts them once.
-"""
+"""The end-to-end tests' servers as session fixtures: `mlflow server` and `dagster dev` on 127.0.0.1, and one run through them."""
 
 from __future__ import annotations
 

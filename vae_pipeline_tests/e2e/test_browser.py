@@ -17,8 +17,7 @@ from vae_pipeline_tests.e2e.servers import ARTIFACTS, DagsterDev
 from vae_pipeline_tests.helpers import PIPELINE_ASSETS
 from vae_pipeline_tests.variants import TINY_VARIANT
 
-# One pytest-xdist worker runs every test of the session's `dagster dev` and `mlflow server` (e2e/conftest.py).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dagster_dev")]
+pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Headless, and nothing that would reach the internet (there is none in CI).

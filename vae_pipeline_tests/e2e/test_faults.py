@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -24,8 +26,7 @@ from vae_pipeline.defs.variants import DEFAULT_VARIANT
 from vae_pipeline_tests.e2e.servers import ARTIFACTS, DagsterDev, child_env, manifest
 from vae_pipeline_tests.helpers import REPO_ROOT, mlflow_client
 
-# One pytest-xdist worker runs every test of the session's `dagster dev` and `mlflow server` (e2e/conftest.py).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dagster_dev")]
+pytestmark = pytest.mark.slow
 
 # The default variant (z20-b1-bern) on the slice, with small batches and enough epochs that the
 # process can be killed after its first checkpoint and well before its last (about 0.3 s an epoch
@@ -50,6 +51,20 @@ def run_driver(argv: list[str], log_name: str, timeout_s: float = 300) -> tuple[
         )
     lines = [line for line in process.stdout.decode().splitlines() if line.startswith("{")]
     return process.returncode, json.loads(lines[-1]) if lines else None
+
+
+def run_here(argv: list[str]) -> tuple[int, dict[str, Any] | None]:
+    """What run_driver does, in this process: for the runs that are not killed (no interpreter to start, no
+    imports to repeat). `argv` is driver()'s; the store is the data folder's own, as in a child."""
+    from vae_pipeline_tests.e2e import driver as the_driver
+
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as env, contextlib.redirect_stdout(printed):
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)  # as child_env() does for a child
+        env.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        code = the_driver.main(argv[3:])
+    lines = [line for line in printed.getvalue().splitlines() if line.startswith("{")]
+    return code, json.loads(lines[-1]) if lines else None
 
 
 def sha256(path: Path) -> str:
@@ -94,7 +109,7 @@ class TestKillDuringTraining:
         mlflow_run = json.loads((folder / "mlflow_run.json").read_text())["run_id"]
 
         # 2. Re-materialize: it resumes from the checkpoint and continues the same MLflow run.
-        code, out = run_driver(driver(killed_dir, mnist_slice_dir, *args), "kill-training-resume")
+        code, out = run_here(driver(killed_dir, mnist_slice_dir, *args))
         assert code == 0 and out["success"], out
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["mlflow_run_id"] == mlflow_run
@@ -106,7 +121,7 @@ class TestKillDuringTraining:
         assert len(client.search_model_versions("name='vae-mnist'")) == 1
 
         # 3. An uninterrupted run elsewhere ends in the same place, bit for bit.
-        code, out = run_driver(driver(clean_dir, mnist_slice_dir, *args), "kill-training-clean")
+        code, out = run_here(driver(clean_dir, mnist_slice_dir, *args))
         assert code == 0 and out["success"], out
         clean_folder = clean_dir / "models" / "vae" / folder.name  # same config, data, code, device: same fingerprint
         resumed_weights, resumed_history = _weights_and_history(folder)
@@ -128,7 +143,7 @@ class TestCrashDuringParquetWrite:
         folder = data_dir / "latents" / "vae-mnist"
         # Only what the parquet file needs: ingest, training and the latents.
         embed = ["--select", "mnist_raw,mnist_tensors,vae_model,latent_embeddings"]
-        code, out = run_driver(driver(data_dir, mnist_slice_dir, "--seed", "0", *embed), "parquet-v1")
+        code, out = run_here(driver(data_dir, mnist_slice_dir, "--seed", "0", *embed))
         assert code == 0 and out["success"], out
         v1 = folder / "v0001.parquet"
         v1_hash, v1_rows = sha256(v1), pd.read_parquet(v1)
@@ -145,7 +160,7 @@ class TestCrashDuringParquetWrite:
         assert everything.groupby("model_version").size().to_dict() == {1: 1500}
 
         # Again, without the crash: the trained model is reused and version 2's file is written.
-        code, out = run_driver(driver(data_dir, mnist_slice_dir, "--seed", "1", *embed), "parquet-again")
+        code, out = run_here(driver(data_dir, mnist_slice_dir, "--seed", "1", *embed))
         assert out is not None and "latent_embeddings" in out["materialized"], out
         both = pd.read_parquet(folder)
         assert both.groupby("model_version").size().to_dict() == {1: 1500, 2: 1500}
@@ -167,7 +182,7 @@ class TestCrashBetweenRegisteringAndFinishing:
         (folder,) = (data_dir / "models" / "vae").iterdir()
         assert not (folder / "summary.json").exists()
 
-        code, out = run_driver(driver(data_dir, mnist_slice_dir, "--select", KILL_SELECTION), "register-again")
+        code, out = run_here(driver(data_dir, mnist_slice_dir, "--select", KILL_SELECTION))
         assert code == 0 and out["success"], out
         assert [(int(v.version), v.run_id) for v in client.search_model_versions("name='vae-mnist'")] == registered
         summary = json.loads((folder / "summary.json").read_text())

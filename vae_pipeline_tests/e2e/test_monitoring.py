@@ -22,8 +22,7 @@ from vae_pipeline.core.checkpoint import load_checkpoint
 from vae_pipeline_tests.e2e.servers import TERMINAL, DagsterDev, manifest, wait_for
 from vae_pipeline_tests.helpers import mlflow_client
 
-# One pytest-xdist worker runs every test of the session's `dagster dev` and `mlflow server` (e2e/conftest.py).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dagster_dev")]
+pytestmark = pytest.mark.slow
 
 # Long enough on the 1,000-image slice (about a minute) to be killed while training; latent size 8
 # (the variant z8-b1-bern).

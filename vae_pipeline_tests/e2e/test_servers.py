@@ -18,8 +18,7 @@ from vae_pipeline_tests.e2e.servers import REPOSITORY, DagsterDev, Server, liste
 from vae_pipeline_tests.helpers import BAD_TRAINING, BAD_VARIANTS, PIPELINE_ASSETS, REPO_ROOT, mlflow_client
 from vae_pipeline_tests.variants import TINY_VARIANT
 
-# One pytest-xdist worker runs every test of the session's `dagster dev` and `mlflow server` (e2e/conftest.py).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dagster_dev")]
+pytestmark = pytest.mark.slow
 
 DELETE_PARTITIONS = """mutation($repo: RepositorySelector!, $name: String!, $keys: [String!]!) {
   deleteDynamicPartitions(repositorySelector: $repo, partitionsDefName: $name, partitionKeys: $keys) {
