@@ -1,7 +1,7 @@
 """Sweep benchmark: the wall time of one three-variant sweep under each executor, as a user runs it.
 
-- in_process:   one `dg launch` per variant, one after another, each run in one process (the default);
-- multiprocess: the same with deploy/local/multiprocess.yaml, each step a process (scripts/sweep.sh);
+- in_process:   one `dg launch` per variant, one after another, each run in one process (the default, scripts/sweep.sh);
+- multiprocess: the same with deploy/local/multiprocess.yaml, each step a process (sweep.sh -c that file);
 - celery:       the team deployment (deploy/team/start.sh: PostgreSQL, Redis, an MLflow server, two Celery
                 workers, the daemon) and one backfill of the three variants through GraphQL, as from the UI.
 
