@@ -6,7 +6,7 @@ import dagster as dg
 
 from vae_pipeline.defs.variants import VARIANTS
 
-# Latent size 4, beta 1, Bernoulli: what the tiny whole-graph config trains (defs/test_graph.py).
+# Latent size 4, beta 1, Bernoulli: what the tiny whole-graph config trains (helpers.py).
 TINY_VARIANT = "z4-b1-bern"
 
 
