@@ -30,6 +30,8 @@ from vae_pipeline_tests.variants import TINY_VARIANT
 BIN = Path(sys.executable).parent
 ARTIFACTS = REPO_ROOT / "test-artifacts"  # git-ignored; CI keeps screenshots and server logs here
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+RUNS_IN_PROGRESS = """{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) {
+  ... on Runs { results { runId } } } }"""
 REPOSITORY = {"repositoryLocationName": "vae_pipeline", "repositoryName": "__repository__"}
 ADD_PARTITION = """mutation($repo: RepositorySelector!, $name: String!, $key: String!) {
   addDynamicPartition(repositorySelector: $repo, partitionsDefName: $name, partitionKey: $key) {
@@ -169,6 +171,12 @@ class DagsterDev:
         return wait_for(
             f"run {run_id}", lambda: (s := client.get_run_status(run_id).value) in TERMINAL and s, timeout_s, 1.0, log=self.server.log
         )
+
+    def wait_idle(self, timeout_s: float = 600) -> None:
+        """Wait until no run is queued or in progress (a test that snapshots the data folder must not see the
+        writes of a run that an earlier test left behind, such as a retry still training after a failure)."""
+        wait_for("no run in progress", lambda: not self.graphql(RUNS_IN_PROGRESS)["runsOrError"]["results"], timeout_s, 1.0,
+                 log=self.server.log)
 
     def run_events(self, run_id: str) -> list[dict[str, Any]]:
         data = self.graphql(

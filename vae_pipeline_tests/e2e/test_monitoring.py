@@ -130,7 +130,9 @@ def test_a_run_whose_worker_died_is_retried_and_resumes_training_from_its_checkp
     tags = _tags(dagster_dev, retry)
     assert (tags["dagster/parent_run_id"], tags["dagster/root_run_id"], tags["dagster/retry_number"]) == (run_id, run_id, "1")
     assert tags["dagster/partition"] == LONG_VARIANT  # the retry trains the same variant
-    assert _tags(dagster_dev, run_id)["dagster/auto_retry_run_id"] == retry
+    # The daemon creates the retry before it tags the failed run with it: wait for the tag, then compare.
+    retry_tag = wait_for("the failed run's retry tag", lambda: _tags(dagster_dev, run_id).get("dagster/auto_retry_run_id"), 30, 0.5)
+    assert retry_tag == retry
     assert dagster_dev.wait(retry, timeout_s=600) == "SUCCESS"
     assert not _step_started(dagster_dev, retry, "mnist_tensors")  # from the failure: ingest is not redone
     messages = [e.get("message") or "" for e in dagster_dev.run_events(retry)]

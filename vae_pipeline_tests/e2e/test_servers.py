@@ -146,6 +146,7 @@ def bad_runs(dagster_dev: DagsterDev, tiny_config: Callable[..., dict[str, Any]]
     training = {case: overrides for case, (overrides, _) in BAD_TRAINING.items()}
     if torch.cuda.is_available():  # "cuda without a GPU" means a machine without CUDA; this one would train
         training.pop("cuda without a GPU")
+    dagster_dev.wait_idle()
     before = set(dagster_dev.data_dir.rglob("*"))
     client = mlflow_client(dagster_dev.tracking_uri)
     experiment = client.get_experiment_by_name("vae-pipeline").experiment_id
