@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install with the test extras, then run the whole test suite (slow end-to-end tests included).
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`; two workers by default
+# (pytest-xdist, grouped by vae_pipeline_tests/scheduling.py), `-n 0` runs in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh "[dev]"
 # Tests never download: real MNIST comes from a local folder (CI: ../shared/mnist/raw).
 export VAE_PIPELINE_MNIST_DIR="${VAE_PIPELINE_MNIST_DIR:-$PWD/../shared/mnist/raw}"
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -n 2 "$@"

@@ -66,3 +66,18 @@ def tiny_graph_copy(tiny_graph: BuiltGraph, tmp_path: Path) -> Path:
     target = tmp_path / "data"
     shutil.copytree(tiny_graph.data_dir, target)
     return target
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201 - xdist's Producer and scheduler
+    """`pytest -n 2`: the suite's own grouping (vae_pipeline_tests/scheduling.py) instead of xdist's."""
+    from vae_pipeline_tests.scheduling import GroupedScheduling
+
+    return GroupedScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker: its items in the order the scheduler hands them out
+        from vae_pipeline_tests.scheduling import in_hand_out_order
+
+        order = in_hand_out_order([item.nodeid for item in items])
+        items[:] = [items[i] for i in order]
