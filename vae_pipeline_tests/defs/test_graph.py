@@ -66,6 +66,19 @@ class TestWholeGraph:
                 "eval_ae_fitted_prior_fd", "eval_midpoint_fd", "eval_ae_midpoint_fd", "eval_judge_test_accuracy"} <= set(run.data.metrics)
         assert run.data.params["model.latent_dim"] == "4"
 
+    def test_every_evaluation_stage_records_its_seconds(self, two_versions) -> None:
+        data_dir, _, _ = two_versions
+        client = mlflow_client(tracking_uri(data_dir))
+        metrics = client.get_run(client.get_model_version("vae-mnist", "2").run_id).data.metrics
+        per_model = ("encode", "probe", "knn", "tsne", "trustworthiness", "smoothness")
+        stages = {"load", "encode", "regularity", "pictures", "pixel_probe", "pixel_knn", "pca", "iwae",
+                  *per_model, *(f"ae_{stage}" for stage in per_model if stage != "encode")}
+        recorded = {key.removeprefix("eval_").removesuffix("_seconds") for key in metrics
+                    if key.startswith("eval_") and key.endswith("_seconds") and key != "eval_seconds"}
+        assert recorded == stages
+        assert all(metrics[f"eval_{stage}_seconds"] > 0 for stage in stages)
+        assert metrics["eval_seconds"] == pytest.approx(sum(metrics[f"eval_{stage}_seconds"] for stage in stages))
+
     def test_the_report_compares_with_the_variants_previous_version(self, two_versions) -> None:
         _, first, second = two_versions
         assert "previous_version" not in first.asset_materializations_for_node("reconstruction_report")[0].metadata

@@ -24,6 +24,7 @@ from vae_pipeline.core.inference import active_units, decode_latents, encode_mea
 from vae_pipeline.core.judge import Judge, judge_outputs, load_judge
 from vae_pipeline.core.model import VAE
 from vae_pipeline.core.reports import scoring_targets
+from vae_pipeline.core.stopwatch import Stopwatch
 from vae_pipeline.core.tensor_store import TensorStore
 from vae_pipeline.defs.assets.outputs import png_markdown, version_folder
 from vae_pipeline.defs.automation import on_new_data
@@ -57,27 +58,34 @@ def _encode(model: VAE, store: TensorStore, device: torch.device) -> dict[str, A
 
 
 def _descriptive(name: str, model: VAE, codes: dict, store: TensorStore, config: EvaluationConfig,
-                 device: torch.device, folder: Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """Supporting figures of one model: probes, kNN, active units, t-SNE and trustworthiness, interpolation smoothness."""
+                 device: torch.device, folder: Path, watch: Stopwatch) -> tuple[dict[str, float], dict[str, Any]]:
+    """Supporting figures of one model: probes, kNN, active units, t-SNE and trustworthiness, interpolation smoothness.
+
+    `watch` times each stage as `<stage>` for the VAE and `ae_<stage>` for the auto-encoder."""
     train, test = store["train"], store["test"]
     mu_train, mu_test = codes["mu_train"], codes["mu_test"]
-    probe = probes.linear_probe(mu_train, train.labels, mu_test, test.labels, seed=config.seed, max_train=config.probe_max_train)
-    knn = probes.knn_accuracy(mu_train, train.labels, mu_test, test.labels, k=config.knn_k, max_train=config.probe_max_train, seed=config.seed)
+    stage = "" if name == "vae" else f"{name}_"
+    with watch(f"{stage}probe"):
+        probe = probes.linear_probe(mu_train, train.labels, mu_test, test.labels, seed=config.seed, max_train=config.probe_max_train)
+    with watch(f"{stage}knn"):
+        knn = probes.knn_accuracy(mu_train, train.labels, mu_test, test.labels, k=config.knn_k, max_train=config.probe_max_train, seed=config.seed)
     figures = {"probe_accuracy": probe.accuracy, "knn_accuracy": knn.accuracy, "active_units": float(active_units(mu_test))}
     idx = subsample_indices(len(test), config.tsne_points, config.seed)
-    start = time.perf_counter()
-    embedding = tsne.tsne_embedding(mu_test[idx], seed=config.seed)
-    figures["tsne_seconds"] = time.perf_counter() - start
-    figures["trustworthiness"] = tsne.trustworthiness_score(
-        mu_test[idx], embedding, n_neighbors=config.trustworthiness_neighbors, seed=config.seed
-    )
-    tsne_png = plots.tsne_scatter_png(
-        embedding, test.labels[idx], folder / f"tsne_{name}.png",
-        title=f"{name}: t-SNE of {len(idx)} test latents (trustworthiness {figures['trustworthiness']:.3f})",
-    )
-    a, b = smoothness.pick_interpolation_pairs(test.labels.numpy(), config.smoothness_pairs, config.seed)
-    stats = smoothness.interpolation_smoothness(partial(decode_latents, model, device=device), mu_test[a], mu_test[b],
-                                                steps=config.smoothness_steps)
+    with watch(f"{stage}tsne"):
+        embedding = tsne.tsne_embedding(mu_test[idx], seed=config.seed)
+    with watch(f"{stage}trustworthiness"):
+        figures["trustworthiness"] = tsne.trustworthiness_score(
+            mu_test[idx], embedding, n_neighbors=config.trustworthiness_neighbors, seed=config.seed
+        )
+    with watch("pictures"):
+        tsne_png = plots.tsne_scatter_png(
+            embedding, test.labels[idx], folder / f"tsne_{name}.png",
+            title=f"{name}: t-SNE of {len(idx)} test latents (trustworthiness {figures['trustworthiness']:.3f})",
+        )
+    with watch(f"{stage}smoothness"):
+        a, b = smoothness.pick_interpolation_pairs(test.labels.numpy(), config.smoothness_pairs, config.seed)
+        stats = smoothness.interpolation_smoothness(partial(decode_latents, model, device=device), mu_test[a], mu_test[b],
+                                                    steps=config.smoothness_steps)
     summary = stats.summary()
     figures["smoothness_max_step_ratio"] = float(summary["max_step_ratio_median"])
     figures["smoothness_path_ratio"] = float(summary["path_ratio_median"])
@@ -159,37 +167,43 @@ def latent_evaluation(
     if (reused := result.load(context.log)) is not None:
         context.log.info(f"{target.label}'s evaluation: models, judge, config and code unchanged; reusing it")
         return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
-    store = load_model_store(storage, vae_model)
-    folder = version_folder(storage, "evaluation", evaluated)
-    models = {"vae": target.model, "ae": load_trained_model(storage, autoencoder_baseline, device)}
-    judge, record = load_judge(storage.resolve(digit_classifier["checkpoint"]), device)
+    watch = Stopwatch()  # each stage's seconds, recorded as eval_<stage>_seconds beside its figures
+    with watch("load"):
+        store = load_model_store(storage, vae_model)
+        folder = version_folder(storage, "evaluation", evaluated)
+        models = {"vae": target.model, "ae": load_trained_model(storage, autoencoder_baseline, device)}
+        judge, record = load_judge(storage.resolve(digit_classifier["checkpoint"]), device)
     train, test = store["train"], store["test"]
-    codes = {name: _encode(model, store, device) for name, model in models.items()}
+    with watch("encode"):
+        codes = {name: _encode(model, store, device) for name, model in models.items()}
 
     context.log.info(f"regularity: judging {config.regularity_samples} decoded prior and fitted-Gaussian draws and "
                      f"{config.regularity_pairs} midpoints per model")
-    start = time.perf_counter()
-    reference, _ = judge_outputs(judge, test.float_images(), device)  # (n_test, feature_dim)
-    figures = {name: _regularity(judge, models[name], codes[name], store, reference, config, device) for name in models}
-    regular, verdict = regularity.regularity_verdict(figures["vae"], figures["ae"], figures["ae"].fitted)
-    regularity_seconds = time.perf_counter() - start
-    samples_png = _sample_panels(models["vae"], models["ae"], codes["ae"], figures, config.seed, device, folder / "prior_samples_vae_vs_ae.png")
-    pictures = _two_d_pictures(models["vae"], models["ae"], codes, store, device, folder) if models["vae"].latent_dim == 2 else {}
+    with watch("regularity"):
+        reference, _ = judge_outputs(judge, test.float_images(), device)  # (n_test, feature_dim)
+        figures = {name: _regularity(judge, models[name], codes[name], store, reference, config, device) for name in models}
+        regular, verdict = regularity.regularity_verdict(figures["vae"], figures["ae"], figures["ae"].fitted)
+    with watch("pictures"):
+        samples_png = _sample_panels(models["vae"], models["ae"], codes["ae"], figures, config.seed, device, folder / "prior_samples_vae_vs_ae.png")
+        pictures = _two_d_pictures(models["vae"], models["ae"], codes, store, device, folder) if models["vae"].latent_dim == 2 else {}
 
     context.log.info(f"probes, kNN and t-SNE of {min(config.tsne_points, len(test))} test codes, for the VAE and the AE")
-    descriptive = {name: _descriptive(name, models[name], codes[name], store, config, device, folder) for name in models}
-    pixels = probes.linear_probe(train.float_images(), train.labels, test.float_images(), test.labels, seed=config.seed, max_train=config.probe_max_train)
-    pixels_knn = probes.knn_accuracy(train.float_images(), train.labels, test.float_images(), test.labels, k=config.knn_k,
-                                     max_train=config.probe_max_train, seed=config.seed)
-    pca = probes.pca_baseline(train.float_images(), train.labels, test.float_images(), test.labels,
-                              n_components=models["vae"].latent_dim, seed=config.seed, k=config.knn_k, max_train=config.probe_max_train)
+    descriptive = {name: _descriptive(name, models[name], codes[name], store, config, device, folder, watch) for name in models}
+    with watch("pixel_probe"):
+        pixels = probes.linear_probe(train.float_images(), train.labels, test.float_images(), test.labels, seed=config.seed,
+                                     max_train=config.probe_max_train)
+    with watch("pixel_knn"):
+        pixels_knn = probes.knn_accuracy(train.float_images(), train.labels, test.float_images(), test.labels, k=config.knn_k,
+                                         max_train=config.probe_max_train, seed=config.seed)
+    with watch("pca"):
+        pca = probes.pca_baseline(train.float_images(), train.labels, test.float_images(), test.labels,
+                                  n_components=models["vae"].latent_dim, seed=config.seed, k=config.knn_k, max_train=config.probe_max_train)
 
     idx = torch.as_tensor(subsample_indices(len(test), config.iwae_examples, config.seed))
-    x = scoring_targets(models["vae"], test.float_images()[idx], torch.Generator().manual_seed(config.seed))
     context.log.info(f"IWAE NLL: k={config.iwae_k} importance samples on {len(idx)} test images")
-    start = time.perf_counter()
-    nll = iwae_nll(models["vae"], x, k=config.iwae_k, device=device, generator=torch.Generator(device=device).manual_seed(config.seed))
-    iwae_seconds = time.perf_counter() - start
+    with watch("iwae"):
+        x = scoring_targets(models["vae"], test.float_images()[idx], torch.Generator().manual_seed(config.seed))
+        nll = iwae_nll(models["vae"], x, k=config.iwae_k, device=device, generator=torch.Generator(device=device).manual_seed(config.seed))
     kl_dims = mean_kl_per_dimension(codes["vae"]["mu_test"], codes["vae"]["logvar_test"])
 
     vae_fig, ae_fig = figures["vae"], figures["ae"]
@@ -212,9 +226,9 @@ def latent_evaluation(
         "eval_iwae_nll": float(nll.mean()),
         "eval_iwae_k": float(config.iwae_k),
         "eval_iwae_examples": float(len(idx)),
-        "eval_iwae_seconds": iwae_seconds,
-        "eval_regularity_seconds": regularity_seconds,
         "eval_kl_total": float(kl_dims.sum()),
+        **{f"eval_{stage}_seconds": seconds for stage, seconds in watch.seconds.items()},
+        "eval_seconds": watch.total(),  # the stages above; the step adds MLflow logging and the stored copies
     }
     report = {
         "metrics": metrics,
