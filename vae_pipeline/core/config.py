@@ -155,7 +155,7 @@ class EvaluationConfig:
     """How much evaluation to buy: the defaults keep the whole pipeline near 3 minutes on 2 CPU cores."""
 
     seed: int = 0  # every subsample, probe and estimator draws from this seed
-    tsne_points: int = 5000  # test images mapped by t-SNE (openTSNE); ~25 s each for VAE and AE on 2 cores
+    tsne_points: int = 5000  # test images mapped by t-SNE (openTSNE, Barnes-Hut); ~8 s each for VAE and AE on 2 cores
     trustworthiness_neighbors: int = 10  # the k of trustworthiness (van der Maaten's default scale)
     probe_max_train: int = 10_000  # training rows for the probes, the same rows for latents, PCA and pixels
     knn_k: int = 5  # neighbours of the kNN probe

@@ -15,12 +15,22 @@ from vae_pipeline.core.arrays import ArrayLike, as_numpy, check_rows, subsample_
 # 2-core CPU: n = 10,000 takes 6 s and a 2.7 GB peak, n = 5,000 1.7 s and 1.3 GB. So the 10,000
 # test latents are scored exactly, and larger inputs are subsampled before memory becomes the limit.
 TRUSTWORTHINESS_MAX_SAMPLES = 10_000
-# Below this many points the Barnes-Hut gradients are used, above it the FFT-interpolated ones. The
-# FFT method pays for a fixed interpolation grid on every iteration whatever n is: on 2 CPU cores,
-# 4-d latents, 750 iterations, 200 points took 11 s with FFT and 0.7 s with Barnes-Hut, 1,000 points
-# 18 s and 5 s; from a few thousand points FFT's O(n) iterations win (openTSNE's documentation
-# recommends Barnes-Hut for small data sets). The default evaluation (5,000 points) stays on FFT.
-BARNES_HUT_BELOW = 2_000
+# Barnes-Hut gradients up to this many points, FFT-interpolated ones above. Measured on 2 CPU cores
+# (openTSNE 1.0.4, the default 250 exaggerated + 500 iterations, exact neighbours, PCA start) on
+# the 20-d test codes of the default VAE and auto-encoder: at 5,000 points Barnes-Hut with two
+# threads took 7.5 s and 9.1 s against FFT's 21.9 s and 21.6 s, trustworthiness 0.9849 / 0.9901
+# against 0.9846 / 0.9898; at 10,000 points 22.2 s and 25.4 s against 26.9 s and 37.8 s
+# (0.9897 / 0.9931 against 0.9898 / 0.9934). FFT's interpolation grid grows with the map's extent,
+# so its late iterations are the slow ones; its O(n) iterations pay only beyond the sizes measured
+# here (openTSNE's own "auto" switches to FFT at 10,000 points too).
+FFT_ABOVE = 10_000
+# Small maps run Barnes-Hut on one thread: at 200 points a second thread costs more than it saves.
+ONE_THREAD_BELOW = 2_000
+
+
+def gradient_method(n_points: int) -> str:
+    """openTSNE's negative-gradient method for a map of `n_points`: "bh" (Barnes-Hut) or "fft"."""
+    return "bh" if n_points <= FFT_ABOVE else "fft"
 
 
 def tsne_embedding(
@@ -30,21 +40,22 @@ def tsne_embedding(
     n_jobs: int = 2,
     n_iter: int = 500,
     early_exaggeration_iter: int = 250,
+    method: str | None = None,
 ) -> np.ndarray:
     """A 2-D t-SNE map of latent vectors (n, d) -> (n, 2), for plots and trustworthiness.
 
-    openTSNE with FFT-interpolated gradients (Linderman et al. 2019) is O(n) per iteration, where
-    Barnes-Hut is O(n log n) and slower for n >= a few thousand. Neighbours are found exactly:
-    on 20-d latents at n = 10,000 the exact search took 0.4 s against Annoy's 3.3 s, and it does
-    not depend on thread scheduling, so a fixed seed gives the same map. PCA initialisation keeps
-    more of the global layout than a random one (Kobak & Linderman 2021). Small maps (fewer than
-    BARNES_HUT_BELOW points) use Barnes-Hut gradients, one thread. The iteration counts are openTSNE's
-    defaults (250 exaggerated + 500); on two CPU cores shared with another job, 20-d latents took
-    31-36 s at n = 5,000 and 39-51 s at n = 10,000, mostly in the late iterations, whose FFT grid
-    grows with the map.
+    openTSNE: Barnes-Hut gradients up to FFT_ABOVE points, FFT-interpolated ones (Linderman et al.
+    2019) above, measured (see FFT_ABOVE); `method` ("bh" or "fft") overrides the choice. Both
+    approximate the same gradient with the same schedule, so they reach the same trustworthiness.
+    Neighbours are found exactly: on 20-d latents at n = 10,000 the exact search took 0.4 s against
+    Annoy's 3.3 s, and it does not depend on thread scheduling, so a fixed seed gives the same map
+    (one thread or two). PCA initialisation keeps more of the global layout than a random one
+    (Kobak & Linderman 2021). The iteration counts are openTSNE's defaults (250 exaggerated + 500).
     """
     x = np.ascontiguousarray(as_numpy(latents), dtype=np.float64)
     check_rows("latents", x)
+    if method not in (None, "bh", "fft"):
+        raise ValueError(f"method={method!r}: use 'bh' (Barnes-Hut), 'fft', or None to choose by the number of points.")
     if len(x) <= 3 * perplexity:
         raise ValueError(
             f"t-SNE with perplexity={perplexity} needs more than {int(3 * perplexity)} points "
@@ -57,8 +68,8 @@ def tsne_embedding(
         early_exaggeration_iter=early_exaggeration_iter,
         initialization="pca",
         neighbors="exact",
-        negative_gradient_method="bh" if len(x) < BARNES_HUT_BELOW else "fft",
-        n_jobs=1 if len(x) < BARNES_HUT_BELOW else n_jobs,
+        negative_gradient_method=method or gradient_method(len(x)),
+        n_jobs=1 if len(x) < ONE_THREAD_BELOW else n_jobs,
         random_state=seed,
         verbose=False,
     )
@@ -92,4 +103,4 @@ def trustworthiness_score(
     return float(trustworthiness(hi[idx], lo[idx], n_neighbors=n_neighbors))
 
 
-__all__ = ["BARNES_HUT_BELOW", "TRUSTWORTHINESS_MAX_SAMPLES", "trustworthiness_score", "tsne_embedding"]
+__all__ = ["FFT_ABOVE", "TRUSTWORTHINESS_MAX_SAMPLES", "gradient_method", "trustworthiness_score", "tsne_embedding"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vae_pipeline.core.probes import knn_accuracy
-from vae_pipeline.core.tsne import BARNES_HUT_BELOW, trustworthiness_score, tsne_embedding
+from vae_pipeline.core.tsne import FFT_ABOVE, gradient_method, trustworthiness_score, tsne_embedding
 from vae_pipeline_tests.synthetic import clusters
 
 SIDE = 28
@@ -43,18 +43,23 @@ class TestTsneEmbedding:
         assert a.shape == (120, 2)
         np.testing.assert_allclose(a, b)
 
-    @pytest.mark.parametrize("per_cluster", [30, BARNES_HUT_BELOW // 4], ids=["barnes-hut", "fft"])
-    def test_clusters_stay_together_in_the_map(self, per_cluster: int):
+    @pytest.mark.parametrize("method", ["bh", "fft"])
+    def test_clusters_stay_together_in_the_map(self, method: str):
         """Each point's cluster is read off its neighbours among the *other* half of the map.
 
         Fails on a map that loses the clusters (a shuffled or random embedding scores about 0.25);
         scoring points against themselves would not, as each point is its own nearest neighbour.
         """
-        x, y = clusters(per_cluster, dim=6, seed=0)
-        emb = tsne_embedding(x, seed=0, perplexity=10, n_jobs=1, n_iter=100, early_exaggeration_iter=50)
+        x, y = clusters(60, dim=6, seed=0)
+        emb = tsne_embedding(x, seed=0, perplexity=10, n_jobs=1, n_iter=100, early_exaggeration_iter=50, method=method)
         assert knn_accuracy(emb[::2], y[::2], emb[1::2], y[1::2], k=3).accuracy == 1.0
         shuffled = emb[np.random.default_rng(0).permutation(len(emb))]
         assert knn_accuracy(shuffled[::2], y[::2], shuffled[1::2], y[1::2], k=3).accuracy < 0.5
+
+    def test_barnes_hut_up_to_the_measured_size_fft_above(self):
+        assert [gradient_method(n) for n in (100, 5_000, FFT_ABOVE, FFT_ABOVE + 1)] == ["bh", "bh", "bh", "fft"]
+        with pytest.raises(ValueError, match="'bh'"):
+            tsne_embedding(np.zeros((200, 3)), seed=0, method="exact")
 
     def test_too_few_points_for_the_perplexity_fail_loudly(self):
         with pytest.raises(ValueError, match="lower the perplexity"):

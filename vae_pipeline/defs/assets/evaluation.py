@@ -39,7 +39,7 @@ from vae_pipeline.defs.versions import JUST_TRAINED
 from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "evaluation"
-EVALUATION_CODE_VERSION = "2"  # bump when a change should re-evaluate models whose inputs and config are unchanged
+EVALUATION_CODE_VERSION = "3"  # bump when a change should re-evaluate models whose inputs and config are unchanged
 SHOWN_SAMPLES = 64  # decoded draws per panel of the side-by-side picture (an 8x8 mosaic)
 MANIFOLD_SIDE = 20  # the 2-D manifold picture decodes a 20 x 20 grid of Gaussian quantiles
 
