@@ -30,6 +30,16 @@ class TestTrustworthiness:
         assert a == trustworthiness_score(x, noisy, max_samples=100, seed=5)
         assert trustworthiness_score(x, x, max_samples=100, seed=5) == pytest.approx(1.0)
 
+    @pytest.mark.parametrize("k", [1, 10, 40])
+    def test_the_same_score_as_scikit_learn(self, k: int):
+        """Fails on a rank off by one (self counted as a neighbour, <= for <) or a wrong normalisation."""
+        from sklearn.manifold import trustworthiness
+
+        x, _ = clusters(50, dim=6, seed=0)  # (200, 6)
+        low = x[:, :2] + 0.5 * np.random.default_rng(1).standard_normal((len(x), 2))
+        assert trustworthiness_score(x, low, n_neighbors=k) == pytest.approx(trustworthiness(x, low, n_neighbors=k), abs=1e-12)
+        assert trustworthiness_score(x, low, n_neighbors=k) < 1.0
+
     def test_mismatched_rows_fail_loudly(self):
         with pytest.raises(ValueError, match="same points"):
             trustworthiness_score(np.zeros((30, 3)), np.zeros((29, 2)))
