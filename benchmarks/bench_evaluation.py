@@ -16,30 +16,17 @@ from __future__ import annotations
 
 import json
 import sys
-
 from pathlib import Path
 
 import dagster as dg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_times import step_seconds  # noqa: E402 - a sibling script
 
 FIGURES = ("eval_trustworthiness", "eval_ae_trustworthiness", "eval_probe_accuracy", "eval_ae_probe_accuracy",
            "eval_knn_accuracy", "eval_ae_knn_accuracy", "eval_probe_accuracy_pixels", "eval_knn_accuracy_pixels",
            "eval_probe_accuracy_pca", "eval_knn_accuracy_pca", "eval_iwae_nll", "eval_prior_fd", "eval_ae_prior_fd",
            "eval_midpoint_fd", "eval_ae_midpoint_fd", "eval_smoothness_max_step_ratio", "eval_ae_smoothness_max_step_ratio")
-
-
-def step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
-    """Wall seconds of each step of a run, from its STEP_START to its STEP_SUCCESS event."""
-    starts: dict[str, float] = {}
-    seconds: dict[str, float] = {}
-    for entry in instance.all_logs(run_id):
-        event = entry.dagster_event
-        if event is None or event.step_key is None:
-            continue
-        if event.event_type_value == "STEP_START":
-            starts[event.step_key] = entry.timestamp
-        elif event.event_type_value == "STEP_SUCCESS" and event.step_key in starts:
-            seconds[event.step_key] = entry.timestamp - starts[event.step_key]
-    return seconds
 
 
 def fresh_evaluation(instance: dg.DagsterInstance) -> tuple[str, dg.AssetMaterialization]:
@@ -56,7 +43,7 @@ def fresh_evaluation(instance: dg.DagsterInstance) -> tuple[str, dg.AssetMateria
 def main() -> None:
     instance = dg.DagsterInstance.get()
     run_id, materialization = fresh_evaluation(instance)
-    steps = step_seconds(instance, run_id)
+    steps = {step: seconds for step, (outcome, seconds) in step_seconds(instance, run_id).items() if outcome == "STEP_SUCCESS"}
     metrics_json = Path(materialization.metadata["metrics_json"].value)
     if not metrics_json.is_file():
         sys.exit(f"{metrics_json} is not a local file: run this benchmark on a local data folder.")

@@ -16,10 +16,7 @@ Run: python benchmarks/bench_regularity.py [--raw-dir /work/shared/mnist/raw] [-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import time
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -42,22 +39,9 @@ from vae_pipeline.core.regularity import (
     regularity_verdict,
     sample_gaussian,
 )
+from vae_pipeline.core.stopwatch import Stopwatch
 from vae_pipeline.core.tensor_store import Split, build_store_arrays
 from vae_pipeline.core.train import fit
-
-
-class Stopwatch:
-    """Seconds per named stage, printed at the end."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        print(f"... {name}", flush=True)
-        t0 = time.perf_counter()
-        yield
-        self.seconds[name] = time.perf_counter() - t0
 
 
 def quality_row(name: str, q: SampleQuality) -> str:
