@@ -90,6 +90,18 @@ class DataError(ValueError):
     """Raw data or a tensor store is unusable; the message names the file and the fix."""
 
 
+class TruncatedFileError(DataError):
+    """A raw file ends before its data does: a partial download, or a copy that is still under way.
+
+    Its own type so that a reader who can tell the two apart (core/raw_settle.py looks at the file's
+    modification time) says "wait" for a copy in progress instead of "fetch it again".
+    """
+
+    def __init__(self, message: str, path: Path | str | None = None) -> None:
+        super().__init__(message)
+        self.path = path  # the file that ends early
+
+
 @dataclass(frozen=True)
 class RawFile:
     """One located raw IDX file and its checksums."""
@@ -157,7 +169,11 @@ def _gzip_errors(source: Path | str) -> Iterator[None]:
     """Turn the gzip module's errors, raised at any read, into one DataError naming the file."""
     try:
         yield
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+    except EOFError as exc:  # the gzip stream stops before its end marker: the file was cut short
+        raise TruncatedFileError(
+            f"{source} is a truncated or corrupt gzip file ({exc}); delete it and fetch it again.", source
+        ) from exc
+    except (gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"{source} is a truncated or corrupt gzip file ({exc}); delete it and fetch it again.") from exc
 
 
@@ -172,6 +188,10 @@ def open_idx_stream(path: Path) -> Iterator[BinaryIO]:
         return
     with open(path, "rb") as fh:
         first = fh.read(4)
+    if len(first) < 2:  # an empty file is where every download and copy starts
+        raise TruncatedFileError(
+            f"{path} holds {len(first)} bytes, too few for gzip data; delete it and fetch it again.", path
+        )
     if first[:2] != b"\x1f\x8b":
         raise DataError(
             f"{path} is named .gz but is not gzip data (first bytes {first.hex()}); "
@@ -200,7 +220,9 @@ def read_idx_header(stream: BinaryIO, expected_magic: int, source: Path | str = 
     with _gzip_errors(source):
         start = _read_up_to(stream, 4)
     if len(start) < 4:
-        raise DataError(f"{source} is truncated: {len(start)} bytes, too short for an IDX header; fetch it again.")
+        raise TruncatedFileError(
+            f"{source} is truncated: {len(start)} bytes, too short for an IDX header; fetch it again.", source
+        )
     magic = int.from_bytes(start, "big")
     if magic != expected_magic:
         raise DataError(
@@ -211,7 +233,7 @@ def read_idx_header(stream: BinaryIO, expected_magic: int, source: Path | str = 
     with _gzip_errors(source):
         rest = _read_up_to(stream, 4 * ndim)
     if len(rest) < 4 * ndim:
-        raise DataError(f"{source} is truncated inside its header; fetch it again.")
+        raise TruncatedFileError(f"{source} is truncated inside its header; fetch it again.", source)
     dims = tuple(int.from_bytes(rest[4 * i : 4 * i + 4], "big") for i in range(ndim))
     if kind == "images" and dims[1:] != IMAGE_HW:
         raise DataError(
@@ -243,9 +265,10 @@ def read_idx_payload(stream: BinaryIO, header: IdxHeader, source: Path | str = "
         while filled < expected:
             n = stream.readinto(view[filled : filled + READ_CHUNK_BYTES])
             if not n:
-                raise DataError(
+                raise TruncatedFileError(
                     f"{source} is truncated: the header promises {header.dims} = {expected:,} bytes but only "
-                    f"{filled:,} follow; fetch it again."
+                    f"{filled:,} follow; fetch it again.",
+                    source,
                 )
             digest.update(view[filled : filled + n])
             filled += n

@@ -8,21 +8,29 @@ asset (a runless materialization whose data version is the md5s) only when the m
 the last reported ones. An unchanged folder leaves no event and starts no run; `mnist_raw` and
 everything below it update through their automation conditions (defs/automation.py).
 
+A file counts only once it has settled (core/raw_settle.py): quiet for $VAE_PIPELINE_RAW_SETTLE_SECONDS
+(default 60 s) by its mtime or by the sensor's own looks. While one is still being written the sensor
+reports nothing, names it in the skip reason and keeps the previous version, so a slow copy is one
+new version when it is done, not one per minute of copying, each starting an ingest of half a file.
+
 Dagster's `observable_source_asset` would say the same with an observation, but it is a beta API
 in Dagster 1.13 (a BetaWarning on every load) and its observations need a run per look; an
 external AssetSpec with events reported by a sensor uses stable APIs only.
 """
 
 import json
+import math
 import os
+import time
 from pathlib import Path
 
 import dagster as dg
 
-from vae_pipeline.core import raw_source
+from vae_pipeline.core import raw_settle, raw_source
 from vae_pipeline.defs.automation import default_sensor_status
 from vae_pipeline.defs.resources import MNIST_DIR_ENV, PipelineStorage
 
+SETTLE_ENV = "VAE_PIPELINE_RAW_SETTLE_SECONDS"
 RAW_FILES_ASSET = dg.AssetSpec(
     "mnist_raw_files",
     group_name="ingest",
@@ -37,11 +45,35 @@ def watched_raw_dir(storage: PipelineStorage) -> Path:
     return Path(os.environ.get(MNIST_DIR_ENV) or raw_source.local_raw_dir(storage.root, "mnist"))
 
 
-def _stat(directory: Path) -> list[list]:
-    """Name, size and mtime of the folder's files: cheap, and it moves whenever a file is replaced."""
-    if not directory.is_dir():
-        return []
-    return sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in directory.iterdir() if p.is_file())
+def raw_settle_seconds() -> float:
+    """How long a raw file must be left alone before it counts: $VAE_PIPELINE_RAW_SETTLE_SECONDS, else 60 s."""
+    value = os.environ.get(SETTLE_ENV, "").strip()
+    if not value:
+        return raw_settle.SETTLE_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(
+            f"${SETTLE_ENV}={value!r} is not a number of seconds; set it to 0 or more "
+            f"(0 counts every file at once; the default is {raw_settle.SETTLE_SECONDS:g}) or unset it."
+        )
+    return seconds
+
+
+def _cursor(
+    directory: Path, files: dict[str, raw_settle.FileLook], data_version: str | None, writing: list[str]
+) -> str:
+    """What the next look starts from: this look's files, the version they stand for, those still being written."""
+    stat = sorted([name, f.size, f.mtime_ns, f.since_ns] for name, f in files.items())
+    return json.dumps({"directory": str(directory), "stat": stat, "data_version": data_version, "writing": writing})
+
+
+def _looks_from_cursor(entries: list[list]) -> dict[str, raw_settle.FileLook]:
+    # Entries of another length come from an older cursor (name, size, mtime of every file): dropped,
+    # they only cost one extra hash.
+    return {e[0]: raw_settle.FileLook(e[1], e[2], e[3]) for e in entries if len(e) == 4}
 
 
 def _last_reported(instance: dg.DagsterInstance) -> str | None:
@@ -55,19 +87,32 @@ def _last_reported(instance: dg.DagsterInstance) -> str | None:
 @dg.sensor(
     minimum_interval_seconds=60,
     default_status=default_sensor_status(),
-    description="Reports a new version of mnist_raw_files when the raw files' md5s change; otherwise does nothing.",
+    description="Reports a new version of mnist_raw_files when the raw files' md5s change and every file has settled; "
+    "otherwise does nothing.",
 )
 def observe_raw_files(context: dg.SensorEvaluationContext, storage: PipelineStorage) -> dg.SensorResult | dg.SkipReason:
     directory = watched_raw_dir(storage)
     cursor = json.loads(context.cursor) if context.cursor else {}
-    stat = _stat(directory)
-    if cursor.get("directory") == str(directory) and cursor.get("stat") == stat:
+    known = cursor.get("directory") == str(directory) and "stat" in cursor
+    previous = _looks_from_cursor(cursor["stat"]) if known else {}
+    now = time.time_ns()
+    files = raw_settle.look(directory, previous, now)
+    if known and not cursor.get("writing") and raw_settle.same_files(files, previous):
         return dg.SkipReason(f"{directory}: no file changed size or time since the last look")
-    seen = raw_source.observe_raw_files(directory)
-    new_cursor = json.dumps({"directory": str(directory), "stat": stat, "data_version": seen.data_version})
     last = cursor.get("data_version") or _last_reported(context.instance)  # a reset cursor does not repeat an event
+    settle = raw_settle_seconds()
+    writing = raw_settle.unsettled(files, now, settle)
+    if writing:
+        return dg.SensorResult(
+            skip_reason=f"{directory}: {', '.join(writing)} still being written (changed within the last "
+            f"{settle:g} s); the raw data version stays {last or 'none'} until every file has been left alone "
+            f"for {settle:g} s",
+            cursor=_cursor(directory, files, last, writing),
+        )
+    seen = raw_source.observe_raw_files(directory)
     if last == seen.data_version:
-        return dg.SensorResult(skip_reason=f"{directory}: contents unchanged (data version {last})", cursor=new_cursor)
+        return dg.SensorResult(skip_reason=f"{directory}: contents unchanged (data version {last})",
+                               cursor=_cursor(directory, files, seen.data_version, []))
     context.log.info(f"{directory}: raw data version {last or 'none'} -> {seen.data_version}")
     new_version = dg.AssetMaterialization(
         RAW_FILES_ASSET.key,
@@ -76,4 +121,4 @@ def observe_raw_files(context: dg.SensorEvaluationContext, storage: PipelineStor
         metadata={"directory": dg.MetadataValue.path(str(directory)), "md5": dg.MetadataValue.json(seen.md5),
                   "missing": ", ".join(seen.missing) or "none"},
     )
-    return dg.SensorResult(asset_events=[new_version], cursor=new_cursor)
+    return dg.SensorResult(asset_events=[new_version], cursor=_cursor(directory, files, seen.data_version, []))

@@ -156,6 +156,7 @@ def deployment(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     sweep.write_text("variants:\n  - {latent_dim: 4, beta: 1, likelihood: bernoulli}\n")  # TINY_VARIANT alone
     with pytest.MonkeyPatch.context() as env:
         env.setenv("VAE_PIPELINE_MNIST_DIR", str(watched))
+        env.setenv("VAE_PIPELINE_RAW_SETTLE_SECONDS", "0")  # the test's files are written whole; none is being copied
         state = Deployment(root=root, watched=watched)
         assert state.add_sweep(sweep) == [TINY_VARIANT]
         assert state.tick() == []  # the daemon's first tick only starts its cursor

@@ -1,16 +1,23 @@
-"""The raw-files sensor: an event exactly when the watched folder's md5s change, nothing otherwise."""
+"""The raw-files sensor: an event exactly when the watched folder's md5s change and its files settled, else none;
+and the ingest's word for a file that is still being copied."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from vae_pipeline.core.idx import RAW_FILES
+from vae_pipeline.core.idx import RAW_FILES, DataError
+from vae_pipeline.defs.assets.ingest import mnist_raw
 from vae_pipeline.defs.raw_files import DATA_VERSION_TAG, RAW_FILES_ASSET, observe_raw_files
-from vae_pipeline.defs.resources import PipelineStorage
+from vae_pipeline.defs.resources import PipelineStorage, default_resources
+from vae_pipeline_tests.idx_files import tiny_arrays, write_idx_set
+
+SETTLE_ENV = "VAE_PIPELINE_RAW_SETTLE_SECONDS"
+LONG_AGO_S = 600  # well past the default settle time (60 s)
 
 
 class Watcher:
@@ -41,9 +48,21 @@ def watched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+def _age(path: Path, seconds: float = LONG_AGO_S) -> None:
+    """Make `path` look last written `seconds` ago: a copy that finished then."""
+    past = time.time_ns() - int(seconds * 1e9)
+    os.utime(path, ns=(past, past))
+
+
 def _drop(folder: Path, content: bytes) -> None:
+    """A drop of the four files that finished copying a while ago."""
     for stem in RAW_FILES.values():
         (folder / f"{stem}.gz").write_bytes(content + stem.encode())
+        _age(folder / f"{stem}.gz")
+
+
+def _versions(watcher: Watcher) -> int:
+    return len(watcher.instance.fetch_materializations(RAW_FILES_ASSET.key, limit=100).records)
 
 
 def test_an_event_exactly_when_contents_change(tmp_path: Path, watched: Path) -> None:
@@ -71,3 +90,64 @@ def test_a_lost_cursor_does_not_report_the_same_version_again(tmp_path: Path, wa
     watcher.cursor = None  # a sensor reset in the UI
     again = watcher.look()
     assert _events(again) == [] and "contents unchanged" in again.skip_reason.skip_message
+
+
+def test_a_file_still_being_copied_becomes_one_new_version_once_it_settled(tmp_path: Path, watched: Path) -> None:
+    watcher = Watcher(tmp_path)
+    _drop(watched, b"one")
+    (before,) = _events(watcher.look())
+    copying = watched / "train-images-idx3-ubyte.gz"
+    copying.write_bytes(b"the first part")  # a slow copy of a new file begins: written to just now
+    for _ in range(3):  # three looks while it grows
+        growing = watcher.look()
+        assert _events(growing) == []
+        message = growing.skip_reason.skip_message
+        assert "train-images-idx3-ubyte.gz still being written" in message
+        assert f"stays {before.tags[DATA_VERSION_TAG]}" in message  # the previous version stands
+        with copying.open("ab") as fh:
+            fh.write(b" and more")
+    _age(copying, 120)  # the copy finished two minutes ago
+    (after,) = _events(watcher.look())
+    assert after.tags[DATA_VERSION_TAG] != before.tags[DATA_VERSION_TAG]
+    assert _events(watcher.look()) == []
+    assert _versions(watcher) == 2  # the first drop and the finished copy, nothing in between
+
+
+def test_a_file_stamped_in_the_future_settles_by_the_sensors_own_looks(
+    tmp_path: Path, watched: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file server whose clock runs ahead stamps mtimes in the future: unchanged looks, a settle time apart, count."""
+    monkeypatch.setenv(SETTLE_ENV, "0.2")
+    watcher = Watcher(tmp_path)
+    _drop(watched, b"one")
+    for path in watched.iterdir():
+        _age(path, -3600)  # an hour ahead
+    first = watcher.look()
+    assert _events(first) == [] and "still being written" in first.skip_reason.skip_message
+    time.sleep(0.3)
+    (settled,) = _events(watcher.look())
+    assert settled.tags[DATA_VERSION_TAG] != "absent"
+
+
+def _ingest(data_dir: Path, source_dir: Path) -> None:
+    dg.materialize(
+        [mnist_raw],
+        resources=default_resources(str(data_dir)),
+        run_config=dg.RunConfig(
+            {"mnist_raw": {"config": {"source_dir": str(source_dir), "verify_md5": False, "allow_download": False}}}
+        ),
+    )
+
+
+def test_the_ingest_says_wait_for_a_truncated_file_still_being_written(tmp_path: Path) -> None:
+    folder = write_idx_set(tmp_path / "drop", tiny_arrays())
+    path = folder / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-50])  # half copied, written to just now
+    being_written = r"train-images-idx3-ubyte\.gz is still being written .*wait until the copy finishes"
+    with pytest.raises(DataError, match=being_written):
+        _ingest(tmp_path / "data", folder)
+    _age(path)  # left cut short for longer than the settle time: broken, not being copied
+    cut_short = r"train-images-idx3-ubyte\.gz is a truncated or corrupt gzip .*fetch it again"
+    with pytest.raises(DataError, match=cut_short) as broken:
+        _ingest(tmp_path / "data", folder)
+    assert "still being written" not in str(broken.value)

@@ -60,6 +60,7 @@ def dagster_dev(e2e_root: Path, mlflow_server: Server, mnist_slice_dir: Path) ->
         "DAGSTER_HOME": str(home),
         "VAE_PIPELINE_DATA_DIR": str(data_dir),
         "VAE_PIPELINE_MNIST_DIR": str(mnist_slice_dir),
+        "VAE_PIPELINE_RAW_SETTLE_SECONDS": "0",  # the slice was written whole seconds ago: count it at once
         # The tests launch every run themselves, with the tiny config; automation would start more with the
         # default one. Its conditions are tested in-process (defs/test_automation.py).
         "VAE_PIPELINE_AUTOMATION": "off",

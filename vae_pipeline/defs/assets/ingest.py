@@ -6,10 +6,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from vae_pipeline.core import idx, raw_source, tensor_store
+from vae_pipeline.core import raw_settle, raw_source, tensor_store
 from vae_pipeline.core.config import DataConfig
 from vae_pipeline.defs.automation import on_new_data
-from vae_pipeline.defs.raw_files import RAW_FILES_ASSET
+from vae_pipeline.defs.raw_files import RAW_FILES_ASSET, raw_settle_seconds
 from vae_pipeline.defs.resources import MNIST_DIR_ENV, PipelineStorage
 
 GROUP = "ingest"
@@ -57,7 +57,9 @@ def mnist_raw(context: dg.AssetExecutionContext, config: MnistRawConfig, storage
         storage.root,
         config.allow_download,
     )
-    raw = idx.read_raw_dataset(directory, config.dataset, verify_md5=config.verify_md5, source=source)
+    raw = raw_settle.read_raw_files(
+        directory, config.dataset, verify_md5=config.verify_md5, source=source, settle_seconds=raw_settle_seconds()
+    )
     files = {
         key: {"path": _record(storage, f.path), "md5": f.md5, "content_md5": f.content_md5, "verified": f.verified}
         for key, f in raw.files.items()
@@ -102,7 +104,7 @@ def mnist_tensors(
     dataset = mnist_raw["dataset"]
     DataConfig(dataset=dataset, val_size=config.val_size, split_seed=config.split_seed)
     directory = _recorded(storage, mnist_raw["directory"])
-    raw = idx.read_raw_dataset(directory, dataset, verify_md5=mnist_raw["verify_md5"])
+    raw = raw_settle.read_raw_files(directory, dataset, verify_md5=mnist_raw["verify_md5"], settle_seconds=raw_settle_seconds())
     arrays = tensor_store.build_store_arrays(raw, config.val_size, config.split_seed)
     metadata = tensor_store.store_metadata(raw, config.val_size, config.split_seed)
     stored = tensor_store.put_tensor_store(storage.folder("tensors"), arrays, metadata)
