@@ -17,7 +17,7 @@ import sys
 import dagster as dg
 
 from vae_pipeline.core.config import ConfigError
-from vae_pipeline.core.sweep import Variant, load_sweep
+from vae_pipeline.core.sweep import MAX_VARIANTS, Variant, load_sweep
 from vae_pipeline.defs.variants import VARIANTS, missing_variants, sweep_file
 
 
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(instance.get_dynamic_partitions(VARIANTS.name)))
             return 0
         try:
+            if len(args.keys) > MAX_VARIANTS:
+                raise ConfigError(f"{len(args.keys)} keys at once is above the bound of {MAX_VARIANTS} (each trains two "
+                                  f"models); add at most {MAX_VARIANTS} at a time.")
             variants = [Variant.from_key(k) for k in args.keys] if args.keys else load_sweep(args.sweep or sweep_file())
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)

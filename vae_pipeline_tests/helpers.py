@@ -33,7 +33,9 @@ PIPELINE_ASSETS = {
 # (vae_model config override, words the message must contain)
 BAD_TRAINING = {
     "negative epochs": ({"epochs": -3}, ["ops.vae_model.config", "epochs=-3", "at least 1"]),
-    "batch larger than any split": ({"batch_size": 100_000}, ["ops.vae_model.config", "batch_size=100000", "smaller batch_size"]),
+    "batch larger than the split leaves": ({"batch_size": 59_900}, ["ops.vae_model.config", "batch_size=59900", "smaller batch_size"]),
+    "batch larger than any split": ({"batch_size": 100_000}, ["ops.vae_model.config", "batch_size=100000", "above its bound 59999"]),
+    "a layer of 40 GB": ({"hidden_dims": [100_000, 100_000]}, ["ops.vae_model.config", "hidden_dims[0]=100000", "use at most 16384"]),
     "cuda without a GPU": ({"device": "cuda"}, ["ops.vae_model.config", "device='cuda'", "device=auto or cpu"]),
 }
 # Latent size, beta and likelihood are the variant's, the run's partition key (defs/variants.py), so

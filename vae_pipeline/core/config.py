@@ -29,6 +29,47 @@ def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, f"{name}={value!r} is not supported; use one of {', '.join(allowed)}.")
 
 
+def check_count(name: str, value: object, low: int, high: int, why: str) -> None:
+    """`value` is a whole number in [low, high]; `why` says what the upper bound protects (time or memory).
+
+    A count that scales time or memory is bounded here, before any work: 1e8 prior samples would
+    grow past the machine's memory long after ingest and training ran. Booleans and fractions are
+    refused, not truncated (`True` is 1 to Python, `int(2.7)` is 2).
+    """
+    _require(
+        isinstance(value, int) and not isinstance(value, bool),
+        f"{name}={value!r} must be a whole number between {low} and {high}.",
+    )
+    _require(value >= low, f"{name}={value} must be at least {low}.")
+    _require(value <= high, f"{name}={value} is above its bound {high}: {why}; use at most {high}.")
+
+
+# Upper bounds of the counts that scale time or memory, each with what it protects. They sit far
+# above what any study of MNIST-sized images needs and far below what fails a 2-core, 24 GiB machine.
+MAX_EPOCHS = 1000  # each epoch is one pass over up to 59,999 images (~6 s on 2 CPU cores at the defaults)
+MAX_WIDTH = 16_384  # a hidden layer: 16,384 x 16,384 weights are 1 GiB in float32, 4 GiB with gradients and Adam
+MAX_HIDDEN_LAYERS = 16
+MAX_CONV_CHANNELS = 1024
+MAX_MC_SAMPLES = 1000  # every sample of z is a decoder pass kept for backward
+MAX_IWAE_K = 10_000  # each image costs k decoder passes; 5,000 is the literature's protocol (~3 min for 10,000 images)
+MAX_EXAMPLES = 10_000  # the test split of MNIST and Fashion-MNIST has 10,000 images
+MAX_PROBE_ROWS = OFFICIAL_TRAIN_IMAGES  # probes train on at most every training image
+MAX_TSNE_POINTS = 10_000  # t-SNE maps test images; the test split has 10,000
+MAX_SAMPLES = 10_000  # decoded images are held in memory and drawn into one PNG grid, 8 per row
+MAX_INTERPOLATIONS = 100  # rows of the interpolation strip PNG
+MAX_STEPS = 100  # frames per interpolation: columns of the strip PNG (28 px each)
+
+
+def _iwae(k: object, examples: object, least_examples: int) -> None:
+    check_count("iwae_k", k, 1, MAX_IWAE_K, "each image costs k decoder passes (5,000 is the literature's protocol)")
+    check_count("iwae_examples", examples, least_examples, MAX_EXAMPLES,
+           "a split has at most 10,000 images to score (2 give a standard error)")
+
+
+def _probe_rows(rows: object) -> None:
+    check_count("probe_max_train", rows, 10, MAX_PROBE_ROWS, "the probes train on training images (one per class at least)")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset to ingest and how to split it."""
@@ -39,11 +80,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _one_of("dataset", self.dataset, DATASETS)
-        _require(
-            0 < self.val_size < OFFICIAL_TRAIN_IMAGES,
-            f"val_size={self.val_size} must be between 1 and {OFFICIAL_TRAIN_IMAGES - 1} "
-            f"(the training set has {OFFICIAL_TRAIN_IMAGES} images).",
-        )
+        check_count("val_size", self.val_size, 1, OFFICIAL_TRAIN_IMAGES - 1,
+               f"the training set has {OFFICIAL_TRAIN_IMAGES} images and at least one must be left to train on")
 
     @property
     def max_train_images(self) -> int:
@@ -67,19 +105,25 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _one_of("architecture", self.architecture, ARCHITECTURES)
         _one_of("likelihood", self.likelihood, LIKELIHOODS)
-        _require(self.latent_dim >= 1, f"latent_dim={self.latent_dim} must be at least 1.")
+        check_count("latent_dim", self.latent_dim, 1, self.input_dim,
+               f"a code of more numbers than the {self.input_dim} pixels it encodes compresses nothing")
         _require(
-            len(self.hidden_dims) >= 1 and all(h >= 1 for h in self.hidden_dims),
-            f"hidden_dims={self.hidden_dims} must list at least one positive width.",
+            1 <= len(self.hidden_dims) <= MAX_HIDDEN_LAYERS,
+            f"hidden_dims={self.hidden_dims} must list between 1 and {MAX_HIDDEN_LAYERS} widths.",
         )
+        for i, width in enumerate(self.hidden_dims):
+            check_count(f"hidden_dims[{i}]", width, 1, MAX_WIDTH, "each layer's weights, gradients and Adam state grow with its "
+                   "width times the next layer's (16,384 x 16,384 is 4 GiB)")
         _require(
             self.gaussian_sigma is None or self.gaussian_sigma > 0,
             f"gaussian_sigma={self.gaussian_sigma} must be positive, or None to learn it.",
         )
         _require(
-            len(self.conv_channels) >= 1 and all(c >= 1 for c in self.conv_channels),
-            f"conv_channels={self.conv_channels} must list at least one positive channel count.",
+            1 <= len(self.conv_channels) <= 4,
+            f"conv_channels={self.conv_channels} must list 1 to 4 channel counts (each layer halves 28 x 28).",
         )
+        for i, channels in enumerate(self.conv_channels):
+            check_count(f"conv_channels[{i}]", channels, 1, MAX_CONV_CHANNELS, "activations and weights grow with the channels")
 
     @property
     def input_dim(self) -> int:
@@ -104,13 +148,13 @@ class TrainConfig:
     grad_clip_norm: float | None = None  # None leaves gradients as they are
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, f"epochs={self.epochs} must be at least 1.")
-        _require(self.batch_size >= 1, f"batch_size={self.batch_size} must be at least 1.")
+        check_count("epochs", self.epochs, 1, MAX_EPOCHS, "each epoch is a pass over the training split (~6 s on 2 CPU cores)")
+        check_count("batch_size", self.batch_size, 1, OFFICIAL_TRAIN_IMAGES - 1, "a batch cannot hold more than the training split")
         _require(self.learning_rate > 0, f"learning_rate={self.learning_rate} must be positive.")
         _require(self.beta >= 0, f"beta={self.beta} must be non-negative.")
         _require(self.kl_warmup_epochs >= 0, f"kl_warmup_epochs={self.kl_warmup_epochs} must be >= 0.")
         _require(self.free_bits >= 0, f"free_bits={self.free_bits} must be >= 0.")
-        _require(self.mc_samples >= 1, f"mc_samples={self.mc_samples} must be at least 1.")
+        check_count("mc_samples", self.mc_samples, 1, MAX_MC_SAMPLES, "each sample of z is a decoder pass kept for backward")
         _one_of("binarization", self.binarization, BINARIZATIONS)
         _require(
             self.grad_clip_norm is None or self.grad_clip_norm > 0,
@@ -135,9 +179,11 @@ class SamplesConfig:
     interpolation_steps: int = 10  # frames per interpolation, both ends included
 
     def __post_init__(self) -> None:
-        _require(self.n_samples >= 1, f"n_samples={self.n_samples} must be at least 1.")
-        _require(self.n_interpolations >= 1, f"n_interpolations={self.n_interpolations} must be at least 1.")
-        _require(self.interpolation_steps >= 2, f"interpolation_steps={self.interpolation_steps} must be at least 2 (both ends).")
+        check_count("n_samples", self.n_samples, 1, MAX_SAMPLES,
+               "the decoded images are held in memory and drawn into one PNG grid, 8 per row")
+        check_count("n_interpolations", self.n_interpolations, 1, MAX_INTERPOLATIONS, "each is a row of the interpolation strip PNG")
+        check_count("interpolation_steps", self.interpolation_steps, 2, MAX_STEPS,
+               "each step is a 28-pixel column of the interpolation strip PNG; 2 are the two ends")
 
 
 @dataclass(frozen=True)
@@ -147,7 +193,7 @@ class ReportConfig:
     gallery_size: int = 16  # worst and best test reconstructions shown
 
     def __post_init__(self) -> None:
-        _require(1 <= self.gallery_size <= 1000, f"gallery_size={self.gallery_size} must be between 1 and 1000.")
+        check_count("gallery_size", self.gallery_size, 1, 1000, "each shown reconstruction is a tile of the report's PNG")
 
 
 @dataclass(frozen=True)
@@ -172,19 +218,20 @@ class EvaluationConfig:
             f"regularity_samples={self.regularity_samples} and regularity_pairs={self.regularity_pairs} must be at least "
             "200: a Fréchet distance over the judge's 128 features needs more samples than features.",
         )
-        _require(self.tsne_points >= 50, f"tsne_points={self.tsne_points} must be at least 50 for t-SNE to mean anything.")
-        _require(self.trustworthiness_neighbors >= 1, f"trustworthiness_neighbors={self.trustworthiness_neighbors} must be at least 1.")
+        for name in ("regularity_samples", "regularity_pairs", "smoothness_pairs"):
+            check_count(name, getattr(self, name), 1, MAX_EXAMPLES, "each is decoded and judged; the test split has 10,000 images")
+        check_count("tsne_points", self.tsne_points, 50, MAX_TSNE_POINTS,
+               "t-SNE maps test images, and the test split has 10,000")
+        check_count("trustworthiness_neighbors", self.trustworthiness_neighbors, 1, MAX_TSNE_POINTS // 2,
+               "neighbours are counted among the mapped points")
         _require(
             self.trustworthiness_neighbors < self.tsne_points // 2,
             f"trustworthiness_neighbors={self.trustworthiness_neighbors} must be below half of tsne_points={self.tsne_points}.",
         )
-        _require(self.probe_max_train >= 10, f"probe_max_train={self.probe_max_train} must be at least 10 (one row per class).")
-        _require(self.knn_k >= 1, f"knn_k={self.knn_k} must be at least 1.")
-        _require(self.knn_k <= self.probe_max_train, f"knn_k={self.knn_k} must not exceed probe_max_train={self.probe_max_train}.")
-        _require(self.iwae_k >= 1, f"iwae_k={self.iwae_k} must be at least 1 (importance samples per image).")
-        _require(self.iwae_examples >= 1, f"iwae_examples={self.iwae_examples} must be at least 1.")
-        _require(self.smoothness_pairs >= 1, f"smoothness_pairs={self.smoothness_pairs} must be at least 1.")
-        _require(self.smoothness_steps >= 3, f"smoothness_steps={self.smoothness_steps} must be at least 3 for step sizes to vary.")
+        _probe_rows(self.probe_max_train)
+        check_count("knn_k", self.knn_k, 1, self.probe_max_train, "neighbours are found among the probe's training rows")
+        _iwae(self.iwae_k, self.iwae_examples, least_examples=1)
+        check_count("smoothness_steps", self.smoothness_steps, 3, MAX_STEPS, "each step is decoded and judged; 3 let step sizes vary")
 
 
 @dataclass(frozen=True)
@@ -199,9 +246,8 @@ class GateConfig:
     probe_tolerance: float = 0.005  # half a point: probe noise on 10,000 validation images is ~0.3 points
 
     def __post_init__(self) -> None:
-        _require(self.iwae_k >= 1, f"iwae_k={self.iwae_k} must be at least 1 (importance samples per image).")
-        _require(self.iwae_examples >= 2, f"iwae_examples={self.iwae_examples} must be at least 2 (for a standard error).")
-        _require(self.probe_max_train >= 10, f"probe_max_train={self.probe_max_train} must be at least 10 (one row per class).")
+        _iwae(self.iwae_k, self.iwae_examples, least_examples=2)
+        _probe_rows(self.probe_max_train)
         _require(self.nll_tolerance >= 0, f"nll_tolerance={self.nll_tolerance} must be >= 0 nats.")
         _require(0 <= self.probe_tolerance < 1, f"probe_tolerance={self.probe_tolerance} must be in [0, 1).")
 
@@ -217,14 +263,14 @@ class ComparisonConfig:
     prior_samples: int = 2000  # decoded N(0, I) draws judged per version (FD needs >> 128 features)
 
     def __post_init__(self) -> None:
-        _require(self.iwae_k >= 1, f"iwae_k={self.iwae_k} must be at least 1 (importance samples per image).")
-        _require(self.iwae_examples >= 2, f"iwae_examples={self.iwae_examples} must be at least 2 (for a standard error).")
-        _require(self.probe_max_train >= 10, f"probe_max_train={self.probe_max_train} must be at least 10 (one row per class).")
+        _iwae(self.iwae_k, self.iwae_examples, least_examples=2)
+        _probe_rows(self.probe_max_train)
         _require(
             self.prior_samples >= 200,
             f"prior_samples={self.prior_samples} must be at least 200: a Fréchet distance over the judge's 128 "
             "features needs more samples than features.",
         )
+        check_count("prior_samples", self.prior_samples, 200, MAX_EXAMPLES, "each is decoded and judged")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -248,6 +294,18 @@ __all__ = [
     "BINARIZATIONS",
     "DATASETS",
     "LIKELIHOODS",
+    "MAX_CONV_CHANNELS",
+    "MAX_EPOCHS",
+    "MAX_EXAMPLES",
+    "MAX_HIDDEN_LAYERS",
+    "MAX_INTERPOLATIONS",
+    "MAX_IWAE_K",
+    "MAX_MC_SAMPLES",
+    "MAX_PROBE_ROWS",
+    "MAX_SAMPLES",
+    "MAX_STEPS",
+    "MAX_TSNE_POINTS",
+    "MAX_WIDTH",
     "OFFICIAL_TRAIN_IMAGES",
     "ConfigError",
     "DataConfig",
@@ -258,6 +316,7 @@ __all__ = [
     "ReportConfig",
     "SamplesConfig",
     "TrainConfig",
+    "check_count",
     "from_dict",
     "to_dict",
 ]

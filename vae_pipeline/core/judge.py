@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vae_pipeline.core.atomic import atomic_path
-from vae_pipeline.core.config import ConfigError
+from vae_pipeline.core.config import MAX_CONV_CHANNELS, MAX_EPOCHS, MAX_WIDTH, OFFICIAL_TRAIN_IMAGES, ConfigError, check_count
 
 N_CLASSES = 10  # MNIST and Fashion-MNIST both have ten classes
 IMAGE_SHAPE = (1, 28, 28)  # (channels, height, width) the judge reads
@@ -58,13 +58,12 @@ class JudgeConfig:
     min_test_accuracy: float = 0.99  # below this the judge's opinion of samples is not worth reporting
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, f"epochs={self.epochs} must be at least 1.")
-        _require(self.batch_size >= 1, f"batch_size={self.batch_size} must be at least 1.")
+        check_count("epochs", self.epochs, 1, MAX_EPOCHS, "each epoch is a pass over the training split")
+        check_count("batch_size", self.batch_size, 1, OFFICIAL_TRAIN_IMAGES - 1, "a batch cannot hold more than the training split")
         _require(self.lr > 0, f"lr={self.lr} must be positive; Adam's usual range is 1e-4 to 3e-3.")
-        _require(
-            len(self.channels) == 2 and all(c >= 1 for c in self.channels),
-            f"channels={self.channels} must be two positive channel counts, e.g. (16, 32).",
-        )
+        _require(len(self.channels) == 2, f"channels={self.channels} must be two positive channel counts, e.g. (16, 32).")
+        for channels in self.channels:
+            check_count("channels", channels, 1, MAX_CONV_CHANNELS, "activations and weights grow with the channels")
         _require(
             self.kernel_size >= 1 and self.kernel_size % 2 == 1,
             f"kernel_size={self.kernel_size} must be odd (3 or 5), so the feature map halves exactly.",
@@ -73,6 +72,7 @@ class JudgeConfig:
             self.feature_dim >= 2,
             f"feature_dim={self.feature_dim} must be at least 2 for a Fréchet distance's covariance; use e.g. 128.",
         )
+        check_count("feature_dim", self.feature_dim, 2, MAX_WIDTH, "the Fréchet distance's covariance is feature_dim squared")
         _require(
             0.0 <= self.min_test_accuracy <= 1.0,
             f"min_test_accuracy={self.min_test_accuracy} is a share in [0, 1], e.g. 0.99 for 99%.",

@@ -10,6 +10,7 @@ value fails when the file is read, naming the variant.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from vae_pipeline.core.config import ConfigError, ModelConfig, TrainConfig
 # What a variant varies; every other training field comes from the base config.
 VARIANT_FIELDS = ("latent_dim", "beta", "likelihood")
 LIKELIHOOD_CODES = {"bernoulli": "bern", "gaussian": "gauss"}
+# The most variants one sweep file may name; a 100 x 100 grid would add 10,000 partitions at once.
+MAX_VARIANTS = 100
 _KEY = re.compile(r"z(?P<latent_dim>[1-9]\d*)-b(?P<beta>\d+(?:\.\d+)?)-(?P<likelihood>[a-z]+)")
 
 
@@ -72,12 +75,15 @@ class Variant:
 def _variant(entry: Any, where: str) -> Variant:
     if not isinstance(entry, dict) or set(entry) - set(VARIANT_FIELDS):
         raise ConfigError(f"{where}: {entry!r} must be a mapping of latent_dim, beta and likelihood.")
+    # Values are taken as written: a YAML `2.7` or `true` is refused by the configs, not truncated to z2 or z1.
+    beta = entry.get("beta", TrainConfig.beta)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise ConfigError(f"{where}: beta={beta!r} must be a number, e.g. 1 or 0.5.")
+    likelihood = entry.get("likelihood", ModelConfig.likelihood)
+    if not isinstance(likelihood, str):
+        raise ConfigError(f"{where}: likelihood={likelihood!r} must be one of {', '.join(LIKELIHOOD_CODES)}.")
     try:
-        return Variant(
-            latent_dim=int(entry.get("latent_dim", ModelConfig.latent_dim)),
-            beta=float(entry.get("beta", TrainConfig.beta)),
-            likelihood=str(entry.get("likelihood", ModelConfig.likelihood)),
-        )
+        return Variant(latent_dim=entry.get("latent_dim", ModelConfig.latent_dim), beta=float(beta), likelihood=likelihood)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
@@ -93,6 +99,7 @@ def parse_sweep(document: Any, source: str = "the sweep") -> list[Variant]:
             raise ConfigError(f"{source}, grid: {grid!r} must map latent_dim, beta and/or likelihood to lists.")
         fields = [f for f in VARIANT_FIELDS if f in grid]  # the key's order: z, then b
         values = [grid[f] if isinstance(grid[f], list) else [grid[f]] for f in fields]
+        _check_size(len(found) + math.prod(len(v) for v in values), source)  # before building a 10,000-variant product
         found += [_variant(dict(zip(fields, combo)), f"{source}, grid {dict(zip(fields, combo))}") for combo in itertools.product(*values)]
     keys = [v.key for v in found]
     repeated = sorted({k for k in keys if keys.count(k) > 1})
@@ -100,7 +107,17 @@ def parse_sweep(document: Any, source: str = "the sweep") -> list[Variant]:
         raise ConfigError(f"{source} names {', '.join(repeated)} more than once; list each variant once.")
     if not found:
         raise ConfigError(f"{source} names no variant.")
+    _check_size(len(found), source)
     return found
+
+
+def _check_size(n_variants: int, source: str) -> None:
+    if n_variants > MAX_VARIANTS:
+        raise ConfigError(
+            f"{source} names {n_variants} variants, above the bound of {MAX_VARIANTS}: each variant is a partition that "
+            f"trains a VAE and an auto-encoder and evaluates both (minutes each on a CPU); split the sweep into files of "
+            f"at most {MAX_VARIANTS}."
+        )
 
 
 def load_sweep(path: Path | str) -> list[Variant]:

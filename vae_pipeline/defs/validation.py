@@ -18,6 +18,7 @@ from dagster_celery import celery_executor
 from pydantic import ValidationError
 
 from vae_pipeline.core.config import (
+    OFFICIAL_TRAIN_IMAGES,
     ComparisonConfig,
     ConfigError,
     DataConfig,
@@ -31,6 +32,7 @@ from vae_pipeline.core.config import (
 )
 from vae_pipeline.core.device import resolve_device
 from vae_pipeline.core.judge import JudgeConfig
+from vae_pipeline.core.memory import check_training_fits
 from vae_pipeline.core.sweep import Variant
 from vae_pipeline.defs.assets.comparison import VersionComparisonConfig
 from vae_pipeline.defs.assets.evaluation import LatentEvaluationConfig
@@ -47,6 +49,8 @@ from vae_pipeline.defs.config_classes import to_core
 from vae_pipeline.defs.versions import parse_version_ref
 
 PARTITION_TAG = "dagster/partition"  # the tag Dagster files a run's partition key under
+# The tags of a run over a range of partitions (a single-run backfill).
+RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
 # Every asset that takes config, with the checks its values must pass. A test asserts that no
 # configurable asset of the definitions is missing here.
@@ -101,14 +105,52 @@ def check_run_config(run_config: Mapping[str, Any]) -> None:
         )
 
 
-def check_run_partition(tags: Mapping[str, str]) -> None:
-    """A run of one variant must name a valid variant key (a key added in the UI can be any string)."""
-    key = tags.get(PARTITION_TAG)
-    if key is not None:
+def check_run_partition(tags: Mapping[str, str], partitioned_assets: Sequence[str] = ()) -> None:
+    """A run of one variant must name a valid variant key (a key added in the UI can be any string).
+
+    A run that executes assets partitioned by variant must name one: `dg launch --partition ''`
+    launches a run without any (Dagster reads the empty key as "none"), which would train the
+    judge and only then fail at the first partitioned asset.
+    """
+    keys = [tags[tag] for tag in (PARTITION_TAG, *RANGE_TAGS) if tag in tags]
+    if not keys and partitioned_assets:
+        raise ConfigError(
+            f"this run executes {', '.join(partitioned_assets)}, which are partitioned by model variant, but names no "
+            "variant (an empty --partition names none); launch it with --partition <variant>, e.g. --partition "
+            "z20-b1-bern (`python -m vae_pipeline.variants_cli list` shows this instance's variants)."
+        )
+    for key in keys:
         try:
             Variant.from_key(key)
         except ConfigError as exc:
             raise ConfigError(f"partition {key!r}: {exc} Launch a valid variant; delete that partition in the UI.") from None
+
+
+def check_run_memory(run_config: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+    """Refuse a run whose training step cannot fit this machine's memory (estimated from the config and the variant).
+
+    The estimate uses the most images a split can hold; the vae_model asset estimates again with
+    the actual counts before it trains (a run materialized without this executor, e.g. by tests).
+    """
+    key = tags.get(PARTITION_TAG)
+    if key is None:
+        return
+    variant = Variant.from_key(key)
+    config = _asset_config(run_config, "vae_model")
+    model_cfg = to_core(config, ModelConfig, **variant.model_overrides())
+    train_cfg = to_core(config, TrainConfig, **variant.train_overrides())
+    check_training_fits(model_cfg, train_cfg, OFFICIAL_TRAIN_IMAGES, f"ops.vae_model.config: training variant {key}")
+
+
+def _partitioned_assets(plan_context, execution_plan) -> list[str]:
+    """The assets this run executes that are partitioned (by model variant), in execution order."""
+    layer = plan_context.job.get_definition().asset_layer
+    found = []
+    for step in execution_plan.get_steps_to_execute_in_topo_order():
+        assets = layer.get_assets_def_for_node(step.node_handle)
+        if assets is not None and assets.partitions_def is not None and step.key not in found:
+            found.append(step.key)
+    return found
 
 
 class _CheckedExecutor(dg.Executor):
@@ -135,7 +177,8 @@ class _CheckedExecutor(dg.Executor):
     def execute(self, plan_context, execution_plan) -> Iterator[dg.DagsterEvent]:
         try:
             check_run_config(plan_context.run_config)  # raising here fails the run before its first step
-            check_run_partition(plan_context.dagster_run.tags)
+            check_run_partition(plan_context.dagster_run.tags, _partitioned_assets(plan_context, execution_plan))
+            check_run_memory(plan_context.run_config, plan_context.dagster_run.tags)
         except ConfigError:
             # That fails the run, not a step, so run retries would repeat it; the same config fails again.
             plan_context.instance.add_run_tags(plan_context.run_id, {"dagster/max_retries": "0"})

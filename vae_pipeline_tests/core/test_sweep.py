@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vae_pipeline.core.config import ConfigError
-from vae_pipeline.core.sweep import Variant, load_sweep, parse_sweep
+from vae_pipeline.core.sweep import MAX_VARIANTS, Variant, load_sweep, parse_sweep
 
 
 class TestVariantKey:
@@ -52,11 +52,25 @@ class TestSweepDocument:
         ({"variants": [{"latent_dim": 20, "epochs": 3}]}, "variants[0]: {'latent_dim': 20, 'epochs': 3} must be a mapping of latent_dim"),
         ({"grid": {"latent_dim": [0]}}, "grid {'latent_dim': 0}: latent_dim=0 must be at least 1"),
         ({"variants": []}, "names no variant"),
+        # YAML's `2.7` and `true` were truncated to z2 and z1: a silently different model.
+        ({"variants": [{"latent_dim": 2.7}]}, "variants[0]: latent_dim=2.7 must be a whole number between 1 and 784"),
+        ({"grid": {"latent_dim": [True]}}, "latent_dim=True must be a whole number"),
+        ({"variants": [{"beta": True}]}, "beta=True must be a number"),
+        ({"variants": [{"latent_dim": 1_000_000_000}]}, "latent_dim=1000000000 is above its bound 784"),
     ])
     def test_bad_documents_name_the_entry(self, document: dict, words: str) -> None:
         with pytest.raises(ConfigError) as info:
             parse_sweep(document)
         assert words in str(info.value)
+
+    def test_a_sweep_larger_than_the_bound_is_refused_before_its_variants_are_built(self) -> None:
+        grid = {"latent_dim": list(range(1, 101)), "beta": [b / 10 for b in range(1, 101)]}  # 10,000 variants
+        with pytest.raises(ConfigError, match=f"names 10000 variants, above the bound of {MAX_VARIANTS}: each variant"):
+            parse_sweep({"grid": grid})
+        many = [{"latent_dim": d} for d in range(1, MAX_VARIANTS + 2)]
+        with pytest.raises(ConfigError, match=f"names {MAX_VARIANTS + 1} variants"):
+            parse_sweep({"variants": many})
+        assert len(parse_sweep({"variants": many[:MAX_VARIANTS]})) == MAX_VARIANTS
 
     def test_a_file_that_is_missing_or_not_yaml_is_named(self, tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="does not exist"):

@@ -10,12 +10,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from vae_pipeline.core import memory
 from vae_pipeline.core.config import ConfigError
 from vae_pipeline.defs.resources import DATA_DIR_ENV, default_resources
 from vae_pipeline.defs.validation import (
     CONFIG_CHECKS,
     PARTITION_TAG,
     check_run_config,
+    check_run_memory,
     check_run_partition,
     checked_executor,
 )
@@ -38,15 +40,21 @@ BAD_DOWNSTREAM = {
     "iwae_k 0": ("latent_evaluation", {"iwae_k": 0}, "iwae_k=0 must be at least 1"),
     "iwae_examples 0": ("latent_evaluation", {"iwae_examples": 0}, "iwae_examples=0 must be at least 1"),
     "tsne_points 10": ("latent_evaluation", {"tsne_points": 10}, "tsne_points=10 must be at least 50"),
-    "knn_k above probe rows": ("latent_evaluation", {"knn_k": 50, "probe_max_train": 20}, "knn_k=50 must not exceed"),
+    "knn_k above probe rows": ("latent_evaluation", {"knn_k": 50, "probe_max_train": 20}, "knn_k=50 is above its bound 20"),
     "smoothness_steps 2": ("latent_evaluation", {"smoothness_steps": 2}, "smoothness_steps=2 must be at least 3"),
     "no prior samples": ("prior_samples", {"n_samples": 0}, "n_samples=0 must be at least 1"),
     "one-frame interpolation": ("prior_samples", {"interpolation_steps": 1}, "interpolation_steps=1 must be at least 2"),
-    "empty gallery": ("reconstruction_report", {"gallery_size": 0}, "gallery_size=0 must be between 1 and 1000"),
+    "empty gallery": ("reconstruction_report", {"gallery_size": 0}, "gallery_size=0 must be at least 1"),
     "version written v7": ("latent_evaluation", {"model_version": "v7"}, "'v7' is neither a version number (e.g. 7, without a 'v')"),
     "version 0": ("version_comparison", {"baseline": "0"}, "'0' is neither a version number"),
     "alias with a space": ("version_comparison", {"candidate": "my champion"}, "'my champion' is neither"),
     "too few prior draws to compare": ("version_comparison", {"prior_samples": 50}, "prior_samples=50 must be at least 200"),
+    # Counts that scale memory or time: 1e8 prior samples grew past 19 GB of RSS after ingest and training.
+    "1e8 prior samples": ("prior_samples", {"n_samples": 100_000_000}, "n_samples=100000000 is above its bound 10000"),
+    "1e8 interpolation steps": ("prior_samples", {"interpolation_steps": 100_000_000}, "interpolation_steps=100000000 is above its bound 100"),
+    "iwae_k 1e9": ("latent_evaluation", {"iwae_k": 1_000_000_000}, "iwae_k=1000000000 is above its bound 10000"),
+    "tsne_points 1e8": ("latent_evaluation", {"tsne_points": 100_000_000}, "tsne_points=100000000 is above its bound 10000"),
+    "gate probe rows 1e7": ("champion_comparison", {"probe_max_train": 10_000_000}, "probe_max_train=10000000 is above its bound 60000"),
 }
 
 
@@ -83,8 +91,22 @@ class TestCheckRunConfig:
         _assert_names_the_key_and_the_fix(str(info.value), key)
 
     def test_a_good_partition_key_or_none_passes(self) -> None:
-        check_run_partition({PARTITION_TAG: TINY_VARIANT})
+        check_run_partition({PARTITION_TAG: TINY_VARIANT}, ["vae_model"])
         check_run_partition({})  # a run of the unpartitioned assets (ingest, the judge, the sweep table)
+
+    def test_partitioned_assets_without_a_variant_are_refused(self) -> None:
+        """`dg launch --partition ''` launches without a partition: it trained the judge, then failed at vae_model."""
+        with pytest.raises(ConfigError) as info:
+            check_run_partition({}, ["vae_model", "latent_embeddings"])
+        message = str(info.value)
+        assert "executes vae_model, latent_embeddings, which are partitioned by model variant, but names no variant" in message
+        assert "--partition z20-b1-bern" in message
+
+    @pytest.mark.parametrize("key", ["", "z20-b1-bern "])
+    def test_an_empty_or_malformed_range_end_is_refused(self, key: str) -> None:
+        tags = {"dagster/asset_partition_range_start": TINY_VARIANT, "dagster/asset_partition_range_end": key}
+        with pytest.raises(ConfigError, match=f"partition {key!r}"):
+            check_run_partition(tags, ["vae_model"])
 
     @pytest.mark.parametrize("case", sorted(BAD_DOWNSTREAM))
     def test_each_bad_downstream_value_names_the_asset_field_and_fix(self, case: str) -> None:
@@ -106,7 +128,7 @@ class TestCheckRunConfig:
         assert configurable and configurable <= set(CONFIG_CHECKS), configurable - set(CONFIG_CHECKS)
 
     def test_a_bad_ingest_value_is_named_too(self) -> None:
-        with pytest.raises(ConfigError, match=r"ops.mnist_tensors.config: val_size=0 must be between 1 and 59999"):
+        with pytest.raises(ConfigError, match=r"ops.mnist_tensors.config: val_size=0 must be at least 1"):
             check_run_config({"ops": {"mnist_tensors": {"config": {"val_size": 0}}}})
         with pytest.raises(ConfigError, match=r"ops.mnist_raw.config: dataset='cifar'"):
             check_run_config({"ops": {"mnist_raw": {"config": {"dataset": "cifar"}}}})
@@ -202,15 +224,17 @@ def _unreachable_broker() -> dict[str, object]:
     }
 
 
-def _run_without_steps(run_config: dict, *, config_error: bool = False, partition: str = TINY_VARIANT) -> str:
-    """Run the whole graph for the variant `partition`; assert it failed before any step started; return the failure's text.
+def _run_without_steps(run_config: dict, *, config_error: bool = False, partition: str | None = TINY_VARIANT) -> str:
+    """Run the whole graph for the variant `partition` (None: no variant); assert it failed before any step started;
+    return the failure's text.
 
     With `config_error`, also that the run is marked not to be retried: the same config fails again.
     """
     with dg.instance_for_test() as instance:
-        add_variants(instance, partition)  # as the UI's "Add partition" would, whatever the key
+        if partition is not None:
+            add_variants(instance, partition)  # as the UI's "Add partition" would, whatever the key
         result = dg.execute_job(dg.reconstructable(checked_job), instance, run_config=run_config,
-                                tags={PARTITION_TAG: partition})
+                                tags={PARTITION_TAG: partition} if partition is not None else {})
         assert not result.success
         assert [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START] == []
         failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
@@ -235,6 +259,22 @@ class TestRunFailsBeforeAnyStep:
         message = _run_without_steps(run_config(mnist_slice_dir).to_config_dict(), config_error=True, partition=key)
         _assert_names_the_key_and_the_fix(message, key)
         assert _files(data_dir) == []
+
+    def test_no_variant(self, data_dir: Path, mnist_slice_dir: Path) -> None:
+        message = _run_without_steps(run_config(mnist_slice_dir).to_config_dict(), config_error=True, partition=None)
+        assert "partitioned by model variant, but names no variant" in message
+        assert _files(data_dir) == []
+
+    def test_training_that_cannot_fit_the_memory(self, data_dir: Path, mnist_slice_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        """Two 8,192-wide layers are within every bound but need 3.4 GiB; on a machine with 2 GiB free the run is refused."""
+        monkeypatch.setattr(memory, "available_bytes", lambda: 2 << 30)
+        config = run_config(mnist_slice_dir, hidden_dims=[8192, 8192]).to_config_dict()
+        message = _run_without_steps(config, config_error=True)
+        assert f"ops.vae_model.config: training variant {TINY_VARIANT} would need about 3.4 GiB" in message
+        assert "2.0 GiB available; use smaller hidden_dims" in message
+        assert _files(data_dir) == []
+        check_run_memory(run_config(mnist_slice_dir).to_config_dict(), {PARTITION_TAG: TINY_VARIANT})  # the tiny model fits
 
     @pytest.mark.parametrize("execution", ["in_process", "multiprocess", "celery"])
     def test_bad_evaluation_config_fails_before_training_under_every_executor(
