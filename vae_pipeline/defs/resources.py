@@ -11,6 +11,7 @@ import dagster as dg
 
 from vae_pipeline.core.atomic import atomic_path
 from vae_pipeline.core.mirror import Mirror, is_url
+from vae_pipeline.defs.store_checks import check_data_folder
 
 DATA_DIR_ENV = "VAE_PIPELINE_DATA_DIR"
 CACHE_DIR_ENV = "VAE_PIPELINE_CACHE_DIR"
@@ -129,6 +130,14 @@ class PipelineStorage(dg.ConfigurableResource):
 
     def _mirror(self) -> Mirror:
         return _mirror(self.data_dir, self.root)
+
+    def check_usable(self) -> None:
+        """Refuse a data folder (or a remote one's local copy) that is a file or cannot be written, naming it and the fix."""
+        check_data_folder(self.root, CACHE_DIR_ENV if self.is_remote else DATA_DIR_ENV)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Before the run's first step (in-process): a read-only folder fails here, not as a bare OSError mid-ingest.
+        self.check_usable()
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

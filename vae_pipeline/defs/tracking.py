@@ -22,6 +22,7 @@ from vae_pipeline.core.checkpoint import load_model
 from vae_pipeline.core.inference import encode_mean
 from vae_pipeline.core.train import Callback
 from vae_pipeline.defs.resources import PipelineStorage
+from vae_pipeline.defs.store_checks import check_tracking_uri
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -152,8 +153,11 @@ class MlflowTracking(dg.ConfigurableResource):
         return self.storage.path("mlflow", "mlflow.db")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        # Resources start before the run's first step: an unreachable server fails the run before ingest.
+        # Resources start before the run's first step: a bad store or an unreachable server fails the run before ingest.
+        if not (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+            self.storage.check_usable()  # the embedded store is created in the data folder
         uri = self.uri()
+        check_tracking_uri(uri)
         if uri.startswith(("http://", "https://")):
             self._check_reachable(MlflowClient(tracking_uri=uri, registry_uri=uri), uri)
 

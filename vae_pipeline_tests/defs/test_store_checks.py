@@ -1,0 +1,107 @@
+"""A data folder or MLflow store that cannot be used is refused before the run's first step, naming the path and the fix.
+
+Before, an `mlflow.db` of random bytes, `sqlite:////proc/x.db` and `foo://bar` failed only when
+training started (after ingest and the judge), in MLflow's words; a read-only data folder or one
+that is a file failed with a bare OSError.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from vae_pipeline.defs.store_checks import StoreError, check_data_folder, check_tracking_uri
+from vae_pipeline_tests.helpers import materialize_all
+
+
+def _failure_before_any_step(result: dg.ExecuteInProcessResult) -> str:
+    assert not result.success
+    assert [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START] == []
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    return str(failure.event_specific_data.error)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder nobody can create files in: a read-only mount for root (permission bits do not bind root), else mode 555."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"root cannot mount a read-only tmpfs here ({mounted.stderr.strip()}), and mode bits do not bind root")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+class TestTrackingStore:
+    def test_an_unknown_scheme(self, tmp_path: Path, mnist_slice_dir: Path) -> None:
+        message = _failure_before_any_step(materialize_all(tmp_path / "data", mnist_slice_dir, uri="foo://bar"))
+        assert "the MLflow tracking URI 'foo://bar' has the unknown scheme 'foo'" in message
+        assert "unset MLFLOW_TRACKING_URI to use the data folder's own store" in message
+
+    def test_a_store_of_random_bytes_is_named_and_left_as_it_is(self, tmp_path: Path, mnist_slice_dir: Path) -> None:
+        db = tmp_path / "mlflow.db"
+        garbage = os.urandom(8192)
+        db.write_bytes(garbage)
+        message = _failure_before_any_step(materialize_all(tmp_path / "data", mnist_slice_dir, uri=f"sqlite:///{db}"))
+        assert f"the MLflow store {db} is not an SQLite database" in message and "Move it away" in message
+        assert db.read_bytes() == garbage
+
+    def test_a_store_that_cannot_be_created(self, tmp_path: Path, mnist_slice_dir: Path) -> None:
+        message = _failure_before_any_step(materialize_all(tmp_path / "data", mnist_slice_dir, uri="sqlite:////proc/x.db"))
+        assert "the MLflow store /proc/x.db cannot be written: /proc" in message and "a writable place" in message
+
+    def test_a_damaged_database_behind_a_good_header(self, tmp_path: Path) -> None:
+        db = tmp_path / "mlflow.db"
+        with sqlite3.connect(db) as con:
+            con.execute("CREATE TABLE t (x)")
+        db.write_bytes(db.read_bytes()[:16] + b"\xff" * 200)  # SQLite's header, then garbage where the page header was
+        with pytest.raises(StoreError, match="cannot be opened as a database .* it is damaged"):
+            check_tracking_uri(f"sqlite:///{db}")
+
+    def test_usable_stores_pass(self, tmp_path: Path) -> None:
+        check_tracking_uri(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")  # created on first use
+        db = tmp_path / "existing.db"
+        with sqlite3.connect(db) as con:
+            con.execute("CREATE TABLE t (x)")
+        check_tracking_uri(f"sqlite:///{db}")
+        (tmp_path / "empty.db").touch()  # an empty file is a new database to SQLite
+        check_tracking_uri(f"sqlite:///{tmp_path / 'empty.db'}")
+        for uri in ("http://127.0.0.1:5000", "postgresql+psycopg2://u@127.0.0.1/mlflow", str(tmp_path / "mlruns")):
+            check_tracking_uri(uri)  # a server's reachability is checked by the tracking resource itself
+
+
+class TestDataFolder:
+    def test_a_data_folder_that_is_a_file(self, tmp_path: Path, mnist_slice_dir: Path) -> None:
+        data = tmp_path / "data"
+        data.write_text("not a folder")
+        message = _failure_before_any_step(materialize_all(data, mnist_slice_dir, uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+        assert f"the data folder {data} is a file, not a folder: point $VAE_PIPELINE_DATA_DIR at a writable folder" in message
+        assert data.read_text() == "not a folder"
+
+    def test_a_read_only_data_folder(self, read_only_folder: Path, tmp_path: Path, mnist_slice_dir: Path) -> None:
+        result = materialize_all(read_only_folder, mnist_slice_dir, uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        message = _failure_before_any_step(result)
+        assert f"cannot write in the data folder {read_only_folder}" in message
+        assert "point $VAE_PIPELINE_DATA_DIR at a writable folder, or make it writable" in message
+
+    def test_the_embedded_store_in_a_read_only_data_folder_is_refused_as_the_data_folder(self, read_only_folder: Path) -> None:
+        with pytest.raises(StoreError, match=f"cannot write in {read_only_folder}, where the data folder"):
+            check_data_folder(read_only_folder / "data", "VAE_PIPELINE_DATA_DIR")
+
+    def test_a_folder_to_create_under_a_file(self, tmp_path: Path) -> None:
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(StoreError, match="cannot be created: .*file is a file, not a folder"):
+            check_data_folder(tmp_path / "file" / "data", "VAE_PIPELINE_DATA_DIR")
+        check_data_folder(tmp_path / "new" / "data", "VAE_PIPELINE_DATA_DIR")  # created later, by the run
