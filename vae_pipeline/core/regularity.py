@@ -30,6 +30,7 @@ import torch
 from vae_pipeline.core.arrays import ArrayLike, as_numpy, check_rows, subsample_indices
 from vae_pipeline.core.judge import N_CLASSES, Judge, judge_outputs
 from vae_pipeline.core.smoothness import interpolate_latents, pick_interpolation_pairs
+from vae_pipeline.core.streams import stream
 
 Decode = Callable[[torch.Tensor], torch.Tensor]
 
@@ -393,15 +394,16 @@ def regularity_figures(
     subsample of `n_samples` of them decodes to the reconstruction baseline, and pairs of them of
     different classes give the midpoints. `reference_features` are the judge's features of real
     images (the test split). One seed fixes every draw; pass the same seed and sizes for the
-    models being compared.
+    models being compared: each kind of draw comes from its own stream of the seed (`core.streams`),
+    so a VAE and an auto-encoder of the same latent size decode the same N(0, I) draws, the same
+    fitted-Gaussian noise and the same midpoint pairs, although only the VAE draws posterior samples.
     """
-    generator = torch.Generator().manual_seed(seed)
-    z_train = training_codes(train_mu, train_logvar, generator)  # (n_train, d)
+    z_train = training_codes(train_mu, train_logvar, stream(seed, "posterior"))  # (n_train, d)
     z_test = torch.as_tensor(as_numpy(test_codes), dtype=torch.float32)  # (n_test, d)
     recon_z = z_test[torch.as_tensor(subsample_indices(len(z_test), n_samples, seed))]  # (<= n_samples, d)
-    prior_z = sample_standard_normal(n_samples, z_train.shape[1], generator)  # (n_samples, d)
-    fitted_z = sample_gaussian(fit_gaussian(z_train), n_samples, generator)  # (n_samples, d)
-    mid_z = midpoint_codes(z_test, test_labels, n_pairs, seed)  # (n_pairs, d)
+    prior_z = sample_standard_normal(n_samples, z_train.shape[1], stream(seed, "prior"))  # (n_samples, d)
+    fitted_z = sample_gaussian(fit_gaussian(z_train), n_samples, stream(seed, "fitted"))  # (n_samples, d)
+    mid_z = midpoint_codes(z_test, test_labels, n_pairs, seed)  # (n_pairs, d): pairs picked from labels and seed only
     return RegularityFigures(
         reconstructions=sample_quality(judge, decode(recon_z), reference_features, device),
         prior=sample_quality(judge, decode(prior_z), reference_features, device),

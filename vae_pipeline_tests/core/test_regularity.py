@@ -130,13 +130,21 @@ class TestTrainingCodes:
 
 class TestMidpoints:
     def test_midpoints_are_halfway_between_different_class_codes(self):
+        """Fails if a pair may share a class (its midpoint is that class's own point), or if the point is not halfway.
+
+        Class c sits at position P[c] on every axis; the positions are chosen so that the halfway
+        point of each pair of different classes is a value no other pair, and no class, has.
+        """
+        positions = np.array([0.0, 1.0, 4.0, 9.0])
         labels = np.repeat(np.arange(4), 5)
-        codes = labels[:, None] * np.ones((1, 3)) * 10.0  # class c sits at (10c, 10c, 10c)
-        mid = midpoint_codes(codes, labels, n_pairs=30, seed=0)
-        assert mid.shape == (30, 3)
-        # halfway between two different classes' points: 5 * (c_a + c_b), never a class's own point
-        assert not torch.isin(mid[:, 0], torch.tensor([0.0, 10.0, 20.0, 30.0])).all()
-        torch.testing.assert_close(mid, midpoint_codes(codes, labels, n_pairs=30, seed=0))
+        codes = positions[labels][:, None] * np.ones((1, 3))  # (20, 3)
+        halfway = {(positions[a] + positions[b]) / 2 for a in range(4) for b in range(4) if a != b}
+        assert not halfway & set(positions)  # the test's premise
+        mid = midpoint_codes(codes, labels, n_pairs=200, seed=0)
+        assert mid.shape == (200, 3)
+        assert set(mid[:, 0].tolist()) <= halfway  # every midpoint: halfway between two different classes
+        assert len(set(mid[:, 0].tolist())) == len(halfway)  # and 200 pairs reach every pair of classes
+        torch.testing.assert_close(mid, midpoint_codes(codes, labels, n_pairs=200, seed=0))
 
 
 class TestPriorFit:
@@ -220,6 +228,36 @@ def pattern_images(labels: torch.Tensor, noise: float, seed: int) -> torch.Tenso
 
 
 class TestRegularityFigures:
+    def test_a_vae_and_an_autoencoder_decode_the_same_draws_under_one_seed(self):
+        """Fails if the draws share one generator: the VAE's posterior samples (an AE draws none) shifted its prior draws.
+
+        The VAE's posterior is made a point (log-variance -40), so its training codes equal the
+        AE's and both fit the same Gaussian: then prior draws, fitted-Gaussian draws and midpoint
+        pairs must all be identical.
+        """
+        labels = torch.arange(300) % 10
+        cfg = JudgeConfig(epochs=1, batch_size=32, feature_dim=8, channels=(4, 8))
+        judge = train_judge(pattern_images(labels, 0.2, seed=0), labels, cfg, "cpu")
+        reference, _ = judge_outputs(judge, pattern_images(labels, 0.2, seed=1), "cpu")
+        codes = torch.randn(400, 2, generator=torch.Generator().manual_seed(0))
+
+        def decoded_codes(logvar: torch.Tensor | None) -> list[torch.Tensor]:
+            seen: list[torch.Tensor] = []
+
+            def decode(z: torch.Tensor) -> torch.Tensor:
+                seen.append(z.clone())
+                return pattern_images((z[:, 0].clamp(-2.5, 2.49) * 2 + 5).long(), 0.2, seed=2)
+
+            regularity_figures(judge, decode, codes, logvar, codes[:100], labels[:100], reference, "cpu", seed=3,
+                               n_samples=64, n_pairs=32)
+            return seen  # reconstructions, prior draws, fitted-Gaussian draws, midpoints
+
+        vae = decoded_codes(torch.full_like(codes, -40.0))
+        ae = decoded_codes(None)
+        for part in (0, 1, 3):  # the test codes, N(0, I) draws and midpoints: exactly the same numbers
+            torch.testing.assert_close(vae[part], ae[part], rtol=0, atol=0)
+        torch.testing.assert_close(vae[2], ae[2], rtol=0, atol=1e-5)  # the same noise through (rounding-)equal fits
+
     def test_figures_of_a_decoder_are_seeded_and_measured_at_the_requested_sizes(self):
         labels = torch.arange(300) % 10
         cfg = JudgeConfig(epochs=10, batch_size=32, feature_dim=8, channels=(4, 8))

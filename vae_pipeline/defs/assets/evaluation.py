@@ -25,6 +25,7 @@ from vae_pipeline.core.judge import Judge, judge_outputs, load_judge
 from vae_pipeline.core.model import VAE
 from vae_pipeline.core.reports import scoring_targets
 from vae_pipeline.core.stopwatch import Stopwatch
+from vae_pipeline.core.streams import stream
 from vae_pipeline.core.tensor_store import TensorStore
 from vae_pipeline.defs.assets.outputs import png_markdown, version_folder
 from vae_pipeline.defs.automation import on_new_data
@@ -39,7 +40,7 @@ from vae_pipeline.defs.versions import JUST_TRAINED
 from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "evaluation"
-EVALUATION_CODE_VERSION = "3"  # bump when a change should re-evaluate models whose inputs and config are unchanged
+EVALUATION_CODE_VERSION = "4"  # bump when a change should re-evaluate models whose inputs and config are unchanged
 SHOWN_SAMPLES = 64  # decoded draws per panel of the side-by-side picture (an 8x8 mosaic)
 MANIFOLD_SIDE = 20  # the 2-D manifold picture decodes a 20 x 20 grid of Gaussian quantiles
 
@@ -103,14 +104,14 @@ def _regularity(judge: Judge, model: VAE, codes: dict, store: TensorStore, refer
 
 def _sample_panels(vae: VAE, ae: VAE, ae_codes: dict, figures: dict, seed: int, device: torch.device, path: Path) -> Path:
     """VAE and AE prior samples side by side (and the AE's fitted-Gaussian samples), titled with their FD."""
-    generator = torch.Generator().manual_seed(seed)
-    z = regularity.sample_standard_normal(SHOWN_SAMPLES, vae.latent_dim, generator)  # (64, d)
-    fitted = regularity.fit_gaussian(regularity.training_codes(ae_codes["mu_train"], None, generator))
+    # The streams the figures draw from (core.streams): the VAE and AE panels decode the same N(0, I) draws.
+    z = regularity.sample_standard_normal(SHOWN_SAMPLES, vae.latent_dim, stream(seed, "prior"))  # (64, d)
+    fitted = regularity.fit_gaussian(ae_codes["mu_train"])
     panels = [
         (f"VAE, z ~ N(0, I): FD {figures['vae'].prior.fd:.1f}", decode_latents(vae, z, device=device)),
         (f"AE, z ~ N(0, I): FD {figures['ae'].prior.fd:.1f}", decode_latents(ae, z, device=device)),
         (f"AE, fitted Gaussian: FD {figures['ae'].fitted.fd:.1f}",
-         decode_latents(ae, regularity.sample_gaussian(fitted, SHOWN_SAMPLES, generator), device=device)),
+         decode_latents(ae, regularity.sample_gaussian(fitted, SHOWN_SAMPLES, stream(seed, "fitted")), device=device)),
     ]
     return plots.image_panels_png(panels, path, nrow=8)
 
