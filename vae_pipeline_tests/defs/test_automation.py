@@ -1,11 +1,13 @@
-"""Declarative automation: a new drop flows down once; a night with nothing new does nothing; a forced re-run reuses.
+"""Declarative automation: a new drop is ingested at once and flows down once in the night; a night with nothing new
+does nothing; a forced re-run reuses.
 
 The daemon is played by hand, with Dagster's own pieces: the sweep sensor adds the variants of a
 one-variant sweep file as partitions, the raw-files sensor is evaluated and its events stored as
 the daemon would store them, `evaluate_automation_conditions` decides what each tick requests, and
 the requested assets are materialized into the same instance, one run per partition as the daemon
-launches them (with the tiny test config, as a deployment would launch them with its own).
-Everything is read back from the instance's event log and from MLflow.
+launches them (with the tiny test config, as a deployment would launch them with its own). The
+ticks run on a clock: drops arrive in the afternoon, and retraining waits for the nightly window
+(02:00-07:00 UTC, the default cadence). Everything is read back from the instance's event log and from MLflow.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -20,6 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from vae_pipeline.definitions import defs
+from vae_pipeline.defs.automation import RETRAINING_ENV, retraining_cadence
 from vae_pipeline.defs.raw_files import observe_raw_files
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline.defs.variants import SWEEP_ENV, sweep_variants
@@ -38,6 +42,8 @@ MAX_TICKS = 12  # a drop needs one tick per layer of the graph (about seven); mo
 MATERIALIZABLE = {k.to_user_string() for k in defs.resolve_asset_graph().materializable_asset_keys}
 # What one tick asks for: a run per partition, (partition key or None for the unpartitioned assets, asset names).
 Request = tuple[str | None, list[str]]
+FIRST_DAY = datetime(2026, 12, 1, 13, 58, tzinfo=timezone.utc)
+INGEST = [[(None, ["mnist_raw"])], [(None, ["mnist_tensors"])]]  # what a drop starts in daylight: ingest and its checks
 
 
 @dataclass
@@ -49,6 +55,7 @@ class Deployment:
     instance: dg.DagsterInstance = field(default_factory=dg.DagsterInstance.ephemeral)
     sensor_cursor: str | None = None
     automation_cursor: object = None
+    now: datetime = FIRST_DAY  # the time of the next automation tick; each tick takes a minute
 
     def __post_init__(self) -> None:
         self.uri = f"sqlite:///{self.root / 'mlflow.db'}"
@@ -83,8 +90,9 @@ class Deployment:
 
     def tick(self) -> list[Request]:
         """One automation tick: what it requests, grouped into runs by partition (the unpartitioned assets first)."""
-        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.automation_cursor)
-        self.automation_cursor = result.cursor
+        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.automation_cursor,
+                                                   evaluation_time=self.now)
+        self.automation_cursor, self.now = result.cursor, self.now + timedelta(minutes=1)
         by_partition: dict[str | None, list[str]] = defaultdict(list)
         for r in result.results:
             if isinstance(r.key, dg.AssetKey):
@@ -110,6 +118,16 @@ class Deployment:
             ticks.append(requested)
             runs += [((partition, assets), self.run(assets, partition)) for partition, assets in requested]
         raise AssertionError(f"automation still requests work after {MAX_TICKS} ticks: {ticks}")
+
+    def night(self) -> Deployment:
+        """Move the clock to 02:00 of the next night: the nightly window opens."""
+        self.now = (self.now + timedelta(days=1)).replace(hour=2, minute=0)
+        return self
+
+    def afternoon(self) -> Deployment:
+        """Move the clock to 14:00 of the next day (the window closed at 07:00)."""
+        self.now = (self.now + timedelta(days=1) if self.now.hour >= 14 else self.now).replace(hour=14, minute=0)
+        return self
 
     def materializations(self) -> Counter:
         """Materializations per asset and partition: "vae_model[z4-b1-bern]", "mnist_raw"."""
@@ -154,6 +172,7 @@ def deployment(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     watched = write_mnist_slice(mnist_dir, root / "raw", n_train=1200, n_test=300)
     sweep = root / "sweep.yaml"
     sweep.write_text("variants:\n  - {latent_dim: 4, beta: 1, likelihood: bernoulli}\n")  # TINY_VARIANT alone
+    assert retraining_cadence() == "nightly", f"${RETRAINING_ENV} must be unset: the definitions were loaded with it"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("VAE_PIPELINE_MNIST_DIR", str(watched))
         env.setenv("VAE_PIPELINE_RAW_SETTLE_SECONDS", "0")  # the test's files are written whole; none is being copied
@@ -161,12 +180,15 @@ def deployment(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         assert state.add_sweep(sweep) == [TINY_VARIANT]
         assert state.tick() == []  # the daemon's first tick only starts its cursor
         assert state.observe() == 1  # the first look at the folder is a new version of the raw files
-        state.first_night = state.settle()
-        state.first_ticks = state.ticks
+        state.first_day = state.settle()  # 14:00: ingest and its checks at once; retraining waits
+        state.first_day_ticks = state.ticks
+        state.first_night = state.first_day + state.night().settle()
+        state.first_ticks = state.first_day_ticks + state.ticks
         yield state
 
 
 def test_the_first_drop_flows_down_once_layer_by_layer(deployment: Deployment) -> None:
+    assert deployment.first_day_ticks == INGEST  # nothing trains in daylight
     runs = deployment.first_night
     assert _materialized(runs) == Counter(_every_asset_once())  # sweep_comparison included
     ticks = deployment.first_ticks
@@ -185,7 +207,7 @@ def test_the_first_drop_flows_down_once_layer_by_layer(deployment: Deployment) -
 def test_a_second_night_with_nothing_changed_does_no_work(deployment: Deployment) -> None:
     before, mlflow_before = deployment.materializations(), deployment.mlflow_counts()
     assert deployment.observe() == 0  # the folder did not change: no event at all
-    assert deployment.settle() == []
+    assert deployment.night().settle() == []
     assert deployment.materializations() == before
     assert deployment.mlflow_counts() == mlflow_before
 
@@ -209,10 +231,12 @@ def test_a_new_drop_of_raw_files_retrains_once(deployment: Deployment) -> None:
     fashion = write_mnist_slice(FASHION_DIR, deployment.root / "fashion", n_train=1200, n_test=300, dataset="fashion_mnist")
     for path in fashion.iterdir():  # a user's new drop, under the names the pipeline watches
         shutil.copyfile(path, deployment.watched / path.name)
-    assert deployment.observe() == 1
+    assert deployment.afternoon().observe() == 1
     # Two epochs on 1,200 Fashion-MNIST images make a ~65% judge; the deployment lowers the judge's floor for it.
     deployment.config["digit_classifier"] = {"config": {**deployment.config["digit_classifier"]["config"], "min_test_accuracy": 0.5}}
-    runs = deployment.settle()
+    day = deployment.settle()
+    assert deployment.ticks == INGEST
+    runs = day + deployment.night().settle()
     after = deployment.materializations()
     new = {key: after[key] - before[key] for key in _every_asset_once()}
     assert new[f"vae_model[{TINY_VARIANT}]"] == 1 and _metadata(runs, "vae_model")["reused"] is False
@@ -233,8 +257,8 @@ def test_a_challenger_that_failed_its_gates_is_not_promoted_by_a_later_tick_or_b
     # A new drop (the MNIST slice again) and a config whose model stays untrained: clearly worse.
     write_mnist_slice(mnist_dir, deployment.watched, n_train=1200, n_test=300)
     deployment.config["vae_model"] = {"config": {**deployment.config["vae_model"]["config"], "learning_rate": 1e-7, "seed": 7}}
-    assert deployment.observe() == 1
-    runs = deployment.settle()
+    assert deployment.afternoon().observe() == 1
+    runs = deployment.settle() + deployment.night().settle()
     gates = {e.check_name: e.passed for _, r in runs for e in r.get_asset_check_evaluations()
              if e.asset_key == dg.AssetKey("champion_comparison")}
     assert gates["nll_not_worse_than_champion"] is False

@@ -8,7 +8,7 @@ import dagster as dg
 
 from vae_pipeline.core import raw_settle, raw_source, tensor_store
 from vae_pipeline.core.config import DataConfig
-from vae_pipeline.defs.automation import on_new_data
+from vae_pipeline.defs.automation import as_soon_as_new_data
 from vae_pipeline.defs.raw_files import RAW_FILES_ASSET, raw_settle_seconds
 from vae_pipeline.defs.resources import MNIST_DIR_ENV, PipelineStorage
 
@@ -47,7 +47,7 @@ def _recorded(storage: PipelineStorage, stored: str) -> Path:
     return Path(stored) if Path(stored).is_absolute() else storage.resolve(stored)
 
 
-@dg.asset(group_name=GROUP, code_version=INGEST_CODE_VERSION, deps=[RAW_FILES_ASSET], automation_condition=on_new_data())
+@dg.asset(group_name=GROUP, code_version=INGEST_CODE_VERSION, deps=[RAW_FILES_ASSET], automation_condition=as_soon_as_new_data())
 def mnist_raw(context: dg.AssetExecutionContext, config: MnistRawConfig, storage: PipelineStorage) -> dg.MaterializeResult:
     """The four official IDX files, located and checked against the official md5 sums."""
     DataConfig(dataset=config.dataset)  # validates the name before any file is touched
@@ -91,7 +91,7 @@ def mnist_raw(context: dg.AssetExecutionContext, config: MnistRawConfig, storage
     )
 
 
-@dg.asset(group_name=GROUP, code_version=INGEST_CODE_VERSION, automation_condition=on_new_data())
+@dg.asset(group_name=GROUP, code_version=INGEST_CODE_VERSION, automation_condition=as_soon_as_new_data())
 def mnist_tensors(
     context: dg.AssetExecutionContext, config: MnistTensorsConfig, storage: PipelineStorage, mnist_raw: dict
 ) -> dg.MaterializeResult:
