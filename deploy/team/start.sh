@@ -21,6 +21,8 @@
 # $VAE_TEAM_ROOT/secrets/pg_password, mode 600; nothing secret is in the repository);
 # VAE_TEAM_VENV (the repository's .venv); VAE_TEAM_PG_BIN (PostgreSQL's programs, found by default);
 # VAE_TEAM_DATA_DIR ($VAE_TEAM_ROOT/data): the pipeline's data folder, a path or an object store URL.
+# VAE_TEAM_STEP_TIME_LIMIT (3600): seconds a step may run on a Celery worker; a step of a worker lost
+# whole is run again on another worker about 5 minutes after this (see the Celery workers below).
 # The pipeline's own settings pass through (VAE_PIPELINE_MNIST_DIR, VAE_PIPELINE_AUTOMATION,
 # VAE_PIPELINE_SWEEP); VAE_PIPELINE_DATA_DIR, MLFLOW_TRACKING_URI and DAGSTER_HOME are set here, to
 # VAE_TEAM_DATA_DIR, folders under $VAE_TEAM_ROOT and this MLflow server.
@@ -37,6 +39,7 @@ redis_port="${VAE_TEAM_REDIS_PORT:-6379}"
 mlflow_port="${VAE_TEAM_MLFLOW_PORT:-5000}"
 dagster_port="${VAE_TEAM_DAGSTER_PORT:-3000}"
 workers="${VAE_TEAM_WORKERS:-2}"
+step_limit="${VAE_TEAM_STEP_TIME_LIMIT:-3600}"
 pg_user="${DAGSTER_PG_USER:-vae}"
 dagster_db="${DAGSTER_PG_DB:-dagster}"
 mlflow_db="${VAE_TEAM_MLFLOW_DB:-mlflow}"
@@ -44,6 +47,7 @@ venv="${VAE_TEAM_VENV:-$repo/.venv}"
 bin="$venv/bin"
 
 fail() { echo "start.sh: $*" >&2; exit 1; }
+[[ "$step_limit" =~ ^[1-9][0-9]*$ ]] || fail "VAE_TEAM_STEP_TIME_LIMIT=$step_limit is not a whole number of seconds; set it to one, e.g. 3600."
 
 # --- what must be there before anything starts ------------------------------------------------
 [ -x "$bin/dagster-webserver" ] && [ -x "$bin/dagster-celery" ] && [ -x "$bin/mlflow" ] \
@@ -197,10 +201,42 @@ start_bg mlflow env PGPASSWORD="$password" "$bin/mlflow" server --host 127.0.0.1
 wait_until "redis-server" redis 30 "$bin/python" -c 'import sys, redis; redis.Redis(host="127.0.0.1", port=int(sys.argv[1])).ping()' "$redis_port"
 
 # --- Celery workers: one pool process each, so a worker runs one step at a time ------------------
-# The -y file is the Celery executor's own config block (broker, backend), not a run config.
+# The -y file is the Celery executor's own config block (broker, backend, Celery settings), not a
+# run config; the settings are the workers' (the run worker only submits tasks and waits).
+# A worker lost whole (kill -9 of the worker and its pool process, its machine gone) reports
+# nothing: by default Celery acknowledges a task when it starts, so its step was never run again
+# and the run worker waited for its result forever. Acknowledged late instead, the task stays in
+# Redis until it ends, and Redis hands an unacknowledged task to another worker once it is older
+# than visibility_timeout: the step runs again in the same run, and training resumes from its
+# checkpoint. Redis cannot tell a lost worker from a slow one, so a step must not outlive that
+# timeout, or it would run twice at once: task_time_limit stops a step (its worker kills it, the run
+# fails and run_retries re-executes it, resuming training) 5 minutes before Redis would hand it out,
+# and a worker holds no task but the one it runs (prefetch 1; dagster-celery's default 4 let a busy
+# worker hold queued steps past the timeout, and they ran twice).
+# A pool process that dies alone (the OOM killer) is still reported lost and fails the run at once
+# (task_reject_on_worker_lost false: requeued, the same OOM would recur on every worker).
+# restore interval x throttle: Redis is searched for such tasks every 10 s, not every 100 s.
 mkdir -p "$team_root/celery"
-printf 'execution:\n  config:\n    broker: %s\n    backend: %s\n' "$VAE_TEAM_CELERY_BROKER" "$VAE_TEAM_CELERY_BACKEND" \
-  >"$team_root/celery/worker.yaml"
+cat >"$team_root/celery/worker.yaml" <<EOF
+execution:
+  config:
+    broker: $VAE_TEAM_CELERY_BROKER
+    backend: $VAE_TEAM_CELERY_BACKEND
+    config_source:
+      task_acks_late: true
+      task_reject_on_worker_lost: false
+      task_time_limit: $step_limit
+      worker_prefetch_multiplier: 1
+      broker_transport_options:
+        visibility_timeout: $((step_limit + 300))
+        unacked_restore_interval: 10
+        unacked_restore_throttle: 1
+        # dagster-celery's own defaults (this block replaces them): retry a publish 3 times
+        max_retries: 3
+        interval_start: 0
+        interval_step: 0.2
+        interval_max: 0.5
+EOF
 # Each worker's share of the cores for torch's and scikit-learn's OpenMP thread pools (unless
 # OMP_NUM_THREADS is set), so that steps running side by side do not oversubscribe the cores: with
 # two workers on two busy cores, the judge's regularity figures of one evaluation took 4-8 s with

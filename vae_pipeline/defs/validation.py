@@ -46,6 +46,7 @@ from vae_pipeline.defs.assets.outputs import (
 from vae_pipeline.defs.assets.promotion import ChampionComparisonConfig
 from vae_pipeline.defs.assets.training import VaeTrainingConfig
 from vae_pipeline.defs.config_classes import to_core
+from vae_pipeline.defs.stale_runs import start_run_worker
 from vae_pipeline.defs.versions import parse_version_ref
 
 PARTITION_TAG = "dagster/partition"  # the tag Dagster files a run's partition key under
@@ -175,6 +176,7 @@ class _CheckedExecutor(dg.Executor):
         return getattr(self._inner, name)
 
     def execute(self, plan_context, execution_plan) -> Iterator[dg.DagsterEvent]:
+        start_run_worker(plan_context)  # record this process as the run's worker; fail runs whose worker died
         try:
             check_run_config(plan_context.run_config)  # raising here fails the run before its first step
             check_run_partition(plan_context.dagster_run.tags, _partitioned_assets(plan_context, execution_plan))
