@@ -244,10 +244,14 @@ class GateConfig:
     probe_max_train: int = 10_000  # training rows of the probe, scored on the validation split
     nll_tolerance: float = 1.0  # nats: IWAE estimates on 2,000 images wobble by a few tenths between seeds
     probe_tolerance: float = 0.005  # half a point: probe noise on 10,000 validation images is ~0.3 points
+    # A champion trained on other data is compared only on validation images neither model trained on;
+    # below this many the comparison is refused (IWAE's standard error grows as 1/sqrt(n): ~0.4 nats here).
+    min_held_out: int = 1000
 
     def __post_init__(self) -> None:
         _iwae(self.iwae_k, self.iwae_examples, least_examples=2)
         _probe_rows(self.probe_max_train)
+        check_count("min_held_out", self.min_held_out, 2, MAX_EXAMPLES, "a validation split holds at most 10,000 images")
         _require(self.nll_tolerance >= 0, f"nll_tolerance={self.nll_tolerance} must be >= 0 nats.")
         _require(0 <= self.probe_tolerance < 1, f"probe_tolerance={self.probe_tolerance} must be in [0, 1).")
 

@@ -7,14 +7,23 @@ seeds) and the probe's training rows. Two figures are compared only under equal 
 the champion was measured another way it is measured again under the challenger's protocol; when
 no common protocol exists (another dataset, another likelihood) no comparison is made and the
 champion is kept. Gates use the validation split: test is for reporting only.
+
+A champion trained on another data version (a new drop, another val_size or split seed) may have
+trained on some of the challenger's validation images: scored on them it would look better than
+it is. Such a pair is measured only on the challenger's validation images that are in neither
+model's training split (`held_out_protocol`): identified by their pixels, which name an image
+whatever file, drop or position it came in; the protocol records that set's size, and below
+`GateConfig.min_held_out` images the comparison is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import torch
 
 from vae_pipeline.core.arrays import subsample_indices
@@ -23,7 +32,7 @@ from vae_pipeline.core.inference import active_units, encode_mean, iwae_nll
 from vae_pipeline.core.model import VAE
 from vae_pipeline.core.probes import linear_probe
 from vae_pipeline.core.reports import scoring_targets
-from vae_pipeline.core.tensor_store import TensorStore
+from vae_pipeline.core.tensor_store import Split, TensorStore
 
 GATE_SPLIT = "val"  # selection happens on validation data; the test split is never used to pick a model
 
@@ -41,6 +50,8 @@ class GateProtocol:
     iwae_examples: int
     probe_rows: int
     seed: int
+    held_out_from: str = ""  # a data version whose training images were left out of the split ("" when none had to be)
+    held_out_images: int = 0  # images of the split measured on, when some were left out
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -71,6 +82,37 @@ def protocol_for(store: TensorStore, likelihood: str, cfg: GateConfig) -> GatePr
     )
 
 
+def _image_keys(split: Split) -> np.ndarray:
+    """One 16-byte digest of each image's pixels: an image's identity whatever file, drop or index it came in."""
+    pixels = split.images.reshape(len(split), -1).numpy()  # (n, 784) uint8
+    return np.array([hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in pixels])
+
+
+def held_out_rows(split: Split, seen: Split) -> np.ndarray:
+    """Sorted positions of the rows of `split` whose image is none of the images in `seen` (e.g. another model's training split)."""
+    return np.flatnonzero(~np.isin(_image_keys(split), _image_keys(seen)))
+
+
+def held_out_protocol(protocol: GateProtocol, store: TensorStore, other_train: Split, other_version: str,
+                      min_images: int) -> tuple[GateProtocol, np.ndarray] | str:
+    """`protocol` restricted to the split's images that the other model (trained on `other_version`) never trained on.
+
+    Returns the restricted protocol and the rows of the split it measures, or why no fair
+    comparison exists (fewer than `min_images` such images).
+    """
+    rows = held_out_rows(store[protocol.split], other_train)
+    if len(rows) < min_images:
+        return (
+            f"only {len(rows)} of the {len(store[protocol.split])} {protocol.split} images were not in the training split "
+            f"of data version {other_version[:12]}, the champion's (need {min_images} for a fair comparison): the two "
+            "were split differently. Retrain the champion's variant on this data version and promote that, lower "
+            "min_held_out, or move the champion alias by hand"
+        )
+    restricted = replace(protocol, held_out_from=other_version, held_out_images=len(rows),
+                         iwae_examples=min(protocol.iwae_examples, len(rows)))
+    return restricted, rows
+
+
 def incomparable_reason(champion: GateProtocol, challenger: GateProtocol) -> str | None:
     """Why no common protocol exists for the two models, or None when one does."""
     if champion.dataset != challenger.dataset:
@@ -86,16 +128,23 @@ def incomparable_reason(champion: GateProtocol, challenger: GateProtocol) -> str
     return None
 
 
-def gate_figures(model: VAE, store: TensorStore, protocol: GateProtocol, device: torch.device | str) -> dict[str, float]:
+def gate_figures(model: VAE, store: TensorStore, protocol: GateProtocol, device: torch.device | str,
+                 rows: np.ndarray | None = None) -> dict[str, float]:
     """The gated figures of `model` under `protocol`: IWAE NLL (nats, with its standard error), probe accuracy, active units.
 
     `store` must hold the protocol's data version; the model's likelihood must be the protocol's.
+    A held-out protocol measures only the split's `rows` that `held_out_protocol` returned with it.
     """
     if store.content_sha256 != protocol.data_version:
         raise ValueError(f"the protocol is for data version {protocol.data_version[:12]}, the store holds {store.content_sha256[:12]}.")
     if model.cfg.likelihood != protocol.likelihood:
         raise ValueError(f"the protocol scores a {protocol.likelihood} likelihood; this model's is {model.cfg.likelihood}.")
+    if (rows is not None) != bool(protocol.held_out_from) or (rows is not None and len(rows) != protocol.held_out_images):
+        raise ValueError("a held-out protocol is measured on exactly the rows held_out_protocol returned with it, and only then.")
     train, split = store["train"], store[protocol.split]
+    if rows is not None:
+        kept = torch.as_tensor(rows)
+        split = Split(images=split.images[kept], labels=split.labels[kept], index=split.index[kept])
     idx = torch.as_tensor(subsample_indices(len(split), protocol.iwae_examples, protocol.seed))
     x = scoring_targets(model, split.float_images()[idx], torch.Generator().manual_seed(protocol.seed))  # (n, 1, 28, 28)
     generator = torch.Generator(device=device).manual_seed(protocol.seed)
@@ -153,6 +202,8 @@ def _gate(comparison: Comparison, name: str, ok, unit: str, rule: str) -> tuple[
     value = comparison.challenger[name]
     p = comparison.protocol
     where = f"{p.split} split, {p.iwae_examples} examples, k={p.iwae_k}" if name == "iwae_nll" else f"{p.split} split, {p.probe_rows} probe rows"
+    if p.held_out_from:
+        where = f"{where}; only the {p.held_out_images} {p.split} images neither model trained on"
     if comparison.incomparable is not None:
         return False, f"not compared: {comparison.incomparable}; champion v{comparison.champion_version} kept"
     if comparison.champion is None:

@@ -14,7 +14,7 @@ import torch
 
 from vae_pipeline.core.checkpoint import load_model
 from vae_pipeline.core.model import VAE
-from vae_pipeline.core.tensor_store import TensorStore, load_tensor_store
+from vae_pipeline.core.tensor_store import TensorStore, load_tensor_store, store_path
 from vae_pipeline.defs.resources import PipelineStorage
 
 
@@ -37,6 +37,12 @@ def load_model_store(storage: PipelineStorage, model: dict[str, Any]) -> TensorS
             f"{model['fingerprint']} was trained on {model['data_version'][:12]}; re-materialize the model."
         )
     return store
+
+
+def stored_tensors(storage: PipelineStorage, dataset: str, data_version: str) -> TensorStore | None:
+    """The tensor store of `data_version` (content-addressed, so found by its hash), or None when the data folder lacks it."""
+    path = storage.fetch(*store_path("tensors", dataset, data_version).parts)
+    return load_tensor_store(path) if path.is_file() else None
 
 
 def check_same_data(model: dict[str, Any], mnist_tensors: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from vae_pipeline.core.tensor_store import load_tensor_store
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline_tests.helpers import TINY_GATES, TINY_TRAINING, mlflow_client, tracking_uri
@@ -27,11 +28,12 @@ PROMOTION_GATES = {"nll_not_worse_than_champion", "probe_not_worse_than_champion
 def promote(
     data_dir: Path, source_dir: Path, training: dict | None = None, gate: dict | None = None, *,
     variant: str = TINY_VARIANT, selection: list[str] = SELECTION, instance: dg.DagsterInstance | None = None,
+    tensors: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Materialize `selection` for one variant, in `instance` (a fresh ephemeral one by default)."""
     configs = {
         "mnist_raw": {"config": {"source_dir": str(source_dir), "verify_md5": False, "allow_download": False}},
-        "mnist_tensors": {"config": {"val_size": 200}},
+        "mnist_tensors": {"config": {"val_size": 200, **(tensors or {})}},
         "vae_model": {"config": {**TINY_TRAINING, **(training or {})}},
         "champion_comparison": {"config": {**GATE_CONFIG, **(gate or {})}},
     }
@@ -159,3 +161,32 @@ def test_a_variant_compared_with_a_champion_that_has_since_moved_is_compared_aga
     assert gates_passed(again), gates(again)
     assert again.success and champion(data_dir) == 3
     assert again.asset_materializations_for_node("champion_model")[0].metadata["previous_champion"].value == 2
+
+
+def test_a_champion_trained_on_another_split_is_measured_only_on_images_neither_trained_on(
+    tiny_graph_copy: Path, mnist_slice_dir: Path
+) -> None:
+    """Fails if the champion is scored on the challenger's whole validation split (the old code): with another split
+    seed, about 170 of those 200 images were in the champion's training split, where it looks better than it is."""
+    data_dir = tiny_graph_copy
+    assert champion(data_dir) == 1
+    stores = sorted((data_dir / "tensors" / "mnist").glob("*.safetensors"))
+    refused = promote(data_dir, mnist_slice_dir, tensors={"split_seed": 1})  # the default minimum: 1,000 images
+    for gate in ("nll_not_worse_than_champion", "probe_not_worse_than_champion"):
+        passed, text = gates(refused)[gate]
+        assert passed is False and text.startswith("not compared: only ") and "of the 200 val images" in text
+        assert "Retrain the champion's variant on this data version" in text and text.endswith("champion v1 kept")
+    assert champion(data_dir) == 1
+
+    measured = promote(data_dir, mnist_slice_dir, tensors={"split_seed": 1}, gate={"min_held_out": 10})
+    figures = comparison(measured)
+    (champion_store,) = stores  # the tiny graph's, split with seed 0
+    (challenger_store,) = set((data_dir / "tensors" / "mnist").glob("*.safetensors")) - set(stores)
+    champion_train = set(load_tensor_store(champion_store)["train"].index.tolist())
+    challenger_val = set(load_tensor_store(challenger_store)["val"].index.tolist())  # the same raw files: positions name images
+    neither = len(challenger_val - champion_train)
+    assert 10 <= neither < 100  # most of the challenger's validation images were the champion's training images
+    assert figures["protocol"]["held_out_from"] == load_tensor_store(champion_store).content_sha256
+    assert figures["protocol"]["held_out_images"] == neither
+    assert figures["champion_source"] == f"measured with the challenger on the {neither} val images neither trained on"
+    assert f"only the {neither} val images neither model trained on" in gates(measured)["nll_not_worse_than_champion"][1]

@@ -1,6 +1,7 @@
 """Promotion: the challenger measured beside the champion under one protocol, the gates, the champion alias."""
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -8,12 +9,14 @@ from mlflow.tracking import MlflowClient
 
 from vae_pipeline.core.config import GateConfig
 from vae_pipeline.core.device import resolve_device
+from vae_pipeline.core.model import VAE
 from vae_pipeline.core.promotion import (
     Comparison,
     GateProtocol,
     active_units_needed,
     collapse_gate,
     gate_figures,
+    held_out_protocol,
     incomparable_reason,
     nll_gate,
     probe_gate,
@@ -27,6 +30,7 @@ from vae_pipeline.defs.lineage import (
     check_same_data,
     load_model_store,
     load_trained_model,
+    stored_tensors,
 )
 from vae_pipeline.defs.registry import record_gates, record_promotion
 from vae_pipeline.defs.resources import PipelineStorage
@@ -39,7 +43,7 @@ from vae_pipeline.defs.versions import registered
 from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "promotion"
-PROMOTION_CODE_VERSION = "2"
+PROMOTION_CODE_VERSION = "3"
 GATED = ("iwae_nll", "iwae_nll_se", "probe_accuracy", "active_units")  # the figures gate_figures returns
 PROTOCOL_TAG = "gate_protocol"  # the run tag holding the protocol its gate_* metrics were measured under
 MIN_ACTIVE_FRACTION = 0.1  # fewer active units than this share of the latent dims is posterior collapse
@@ -54,8 +58,16 @@ def _champion_side(
     protocol: GateProtocol,
     store: TensorStore,
     device: Any,
+    storage: PipelineStorage,
+    cfg: GateConfig,
+    challenger: Callable[[], VAE],
 ) -> dict[str, Any]:
-    """The champion's figures under `protocol`: recorded when measured the same way, else measured again."""
+    """The champion's figures under `protocol`: recorded when measured the same way, else measured again.
+
+    A champion trained on another data version is measured, with the challenger, on the validation
+    images neither trained on (`_held_out_side`): then the comparison's protocol and the
+    challenger's figures are those too.
+    """
     champion = version_by_alias(client, name, CHAMPION)
     if champion is None:
         return {}
@@ -73,10 +85,42 @@ def _champion_side(
     if before == protocol:
         figures = {k: run.data.metrics[f"gate_{k}"] for k in GATED}
         return {"champion_version": version, "champion": figures, "champion_source": "recorded"}
+    if before.data_version != protocol.data_version:
+        return _held_out_side(context, client, name, champion, before.data_version, protocol, store, device, storage, cfg,
+                              challenger)
     changed = "; ".join(before.differences(protocol))
     context.log.info(f"champion v{version} was measured under another protocol ({changed}); measuring it again")
     figures = gate_figures(registered(client, name, champion, device).model, store, protocol, device)
     return {"champion_version": version, "champion": figures, "champion_source": f"re-measured (was {changed})"}
+
+
+def _held_out_side(
+    context: dg.AssetExecutionContext, client: MlflowClient, name: str, champion: Any, champion_data: str,
+    protocol: GateProtocol, store: TensorStore, device: Any, storage: PipelineStorage, cfg: GateConfig,
+    challenger: Callable[[], VAE],
+) -> dict[str, Any]:
+    """Both models on the challenger's validation images that the champion did not train on, or why that cannot be done."""
+    version = int(champion.version)
+    champion_store = stored_tensors(storage, protocol.dataset, champion_data)
+    if champion_store is None:
+        return {"champion_version": version, "incomparable": (
+            f"champion v{version} was trained on data version {champion_data[:12]}, whose tensor store is not in the data "
+            f"folder {storage.location}, so the images it trained on are unknown and any validation image may be one of "
+            "them; re-materialize mnist_tensors with the champion's raw files, val_size and split_seed (the store is "
+            "content-addressed), or move the champion alias by hand")}
+    held = held_out_protocol(protocol, store, champion_store["train"], champion_data, cfg.min_held_out)
+    if isinstance(held, str):
+        return {"champion_version": version, "incomparable": held}
+    shared, rows = held
+    context.log.info(f"champion v{version} was trained on data version {champion_data[:12]}: measuring both models on the "
+                     f"{len(rows)} of {len(store[protocol.split])} {protocol.split} images it did not train on")
+    return {
+        "protocol": shared,
+        "challenger": gate_figures(challenger(), store, shared, device, rows),
+        "champion_version": version,
+        "champion": gate_figures(registered(client, name, champion, device).model, store, shared, device, rows),
+        "champion_source": f"measured with the challenger on the {len(rows)} {protocol.split} images neither trained on",
+    }
 
 
 class PromotionRefused(RuntimeError):
@@ -119,8 +163,9 @@ def champion_comparison(
         for key, value in figures.items():
             client.log_metric(run_id, f"gate_{key}", value)
         client.set_tag(run_id, PROTOCOL_TAG, protocol.to_json())  # last: it vouches for the metrics above
-    comparison = Comparison(protocol=protocol, challenger=figures,
-                            **_champion_side(context, client, vae_model["model_name"], protocol, store, device))
+    champion_side = _champion_side(context, client, vae_model["model_name"], protocol, store, device, storage, cfg,
+                                   lambda: load_trained_model(storage, vae_model, device))
+    comparison = Comparison(**{"protocol": protocol, "challenger": figures, **champion_side})
     nll_ok, nll_text = nll_gate(comparison, cfg.nll_tolerance)
     probe_ok, probe_text = probe_gate(comparison, cfg.probe_tolerance)
     manifest = {
@@ -138,9 +183,9 @@ def champion_comparison(
         metadata={
             "model_version": vae_model["model_version"],
             "champion_version": comparison.champion_version or 0,
-            "val_iwae_nll": round(figures["iwae_nll"], 3),
-            "val_iwae_nll_se": round(figures["iwae_nll_se"], 3),
-            "val_probe_accuracy": round(figures["probe_accuracy"], 4),
+            "val_iwae_nll": round(comparison.challenger["iwae_nll"], 3),
+            "val_iwae_nll_se": round(comparison.challenger["iwae_nll_se"], 3),
+            "val_probe_accuracy": round(comparison.challenger["probe_accuracy"], 4),
             "champion_val_iwae_nll": round(champion.get("iwae_nll", math.nan), 3),
             "champion_val_probe_accuracy": round(champion.get("probe_accuracy", math.nan), 4),
             "champion_source": comparison.champion_source or "",
