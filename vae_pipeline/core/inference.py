@@ -169,6 +169,44 @@ def iwae_nll(
     return torch.cat(out)  # (n,)
 
 
+class RateDistortion(NamedTuple):
+    """Per-example terms of the negative ELBO in nats, on the CPU: rate + distortion = -ELBO (Alemi et al. 2018)."""
+
+    rate: torch.Tensor  # (n,) R = KL(q(z|x) || N(0, I)), the closed form
+    distortion: torch.Tensor  # (n,) D = E_q(z|x)[-log p(x|z)], a Monte-Carlo mean over `samples` draws of z
+
+
+def rate_distortion(
+    model: VAE,
+    x: torch.Tensor,
+    samples: int = 10,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    batch_size: int = 100,
+) -> RateDistortion:
+    """The rate and distortion of each image's ELBO, the β-VAE trade-off's two axes.
+
+    `x` is encoded and scored as the model was trained: binarized for a Bernoulli model (see
+    `reports.scoring_targets`), so R + D is the negative ELBO, the bound the IWAE NLL tightens
+    (IWAE NLL <= R + D in expectation). Unlike the latents table's `recon_nll_at_mu` (the decoder at
+    z = mu of the grey image) D averages over z ~ q(z|x). `generator` (on `device`) fixes the draws.
+    """
+    if samples < 1:
+        raise ValueError(f"samples={samples} must be at least 1.")
+    rates, distortions = [], []
+    with _eval_mode(model):
+        for xb in _batches(x, batch_size, device):
+            mu, logvar = model.encode(xb)  # (B, latent_dim) each
+            if logvar is None:
+                raise ValueError("rate and distortion need q(z|x); a deterministic auto-encoder (variational=False) has none.")
+            mu_s = mu.expand(samples, *mu.shape)  # (S, B, latent_dim)
+            z = model.reparameterize(mu_s, logvar.expand_as(mu_s), generator)  # (S, B, latent_dim)
+            decoded = model.decode(z).view(samples, *xb.shape)  # (S, B, C, H, W)
+            distortions.append(losses.recon_nll(decoded, xb, model.cfg.likelihood, model.log_sigma).mean(dim=0).cpu())  # (B,)
+            rates.append(losses.kl_divergence(mu, logvar).cpu())  # (B,)
+    return RateDistortion(torch.cat(rates), torch.cat(distortions))
+
+
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     """How many latent dimensions are used: Cov_x(E_q[z_i]) > threshold (Burda et al. 2015).
 
@@ -190,6 +228,7 @@ def mean_kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
 
 
 __all__ = [
+    "RateDistortion",
     "ReconstructionErrors",
     "active_units",
     "decode_latents",
@@ -197,6 +236,7 @@ __all__ = [
     "encode_mean",
     "iwae_nll",
     "mean_kl_per_dimension",
+    "rate_distortion",
     "recon_nll_at",
     "reconstruction_errors",
     "sample_prior",

@@ -81,6 +81,32 @@ class TestIwaeNll:
         assert nll.mean() < neg_elbo
 
 
+class TestRateDistortion:
+    def test_rate_plus_distortion_is_the_negative_elbo_of_training(self) -> None:
+        """Fails if D is scored at z = mu (the latents table's figure) or R + D drifts from the bound training optimises."""
+        model = build_model(ModelConfig(hidden_dims=(32,), latent_dim=4), seed=0).eval()
+        x = torch.bernoulli(_x(50), generator=torch.Generator().manual_seed(1))  # binary inputs, as trained
+        rd = inference.rate_distortion(model, x, samples=3, generator=torch.Generator().manual_seed(2), batch_size=50)
+        with torch.no_grad():
+            terms = losses.elbo_terms(model, x, mc_samples=3, generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(rd.rate.mean() + rd.distortion.mean(), terms.neg_elbo)
+        torch.testing.assert_close(rd.rate, losses.kl_divergence(*model.encode(x)).detach())
+        at_mu = inference.reconstruction_errors(model, x).recon_nll
+        assert (rd.distortion - at_mu).abs().mean() > 1e-3  # the draws of z matter: D is not the figure at mu
+
+    def test_the_iwae_nll_is_below_the_negative_elbo(self) -> None:
+        model = build_model(ModelConfig(hidden_dims=(32,), latent_dim=4), seed=0)
+        x = torch.bernoulli(_x(40), generator=torch.Generator().manual_seed(1))
+        rd = inference.rate_distortion(model, x, samples=50, generator=torch.Generator().manual_seed(2))
+        nll = inference.iwae_nll(model, x, k=200, generator=torch.Generator().manual_seed(3))
+        assert nll.mean() < (rd.rate + rd.distortion).mean()
+
+    def test_an_autoencoder_has_no_rate(self) -> None:
+        model = build_model(ModelConfig(hidden_dims=(32,), latent_dim=4, variational=False), seed=0)
+        with pytest.raises(ValueError, match="deterministic auto-encoder"):
+            inference.rate_distortion(model, _x(4))
+
+
 class TestActiveUnits:
     def test_counts_dimensions_whose_mean_moves_with_x(self) -> None:
         g = torch.Generator().manual_seed(0)

@@ -12,13 +12,16 @@ from PIL import Image
 from vae_pipeline.core.sweep_comparison import VariantRow, rate_distortion_png, sweep_table, table_markdown
 
 PROTOCOL = json.dumps({"split": "test", "judge": "j1", "iwae_k": 1000}, sort_keys=True)
+TRAINING = json.dumps({"epochs": 30, "architecture": "mlp", "hidden_dims": [400], "learning_rate": 0.001,
+                       "binarization": "dynamic"}, sort_keys=True)
 
 
 def _row(variant: str, latent_dim: int, beta: float, **changes: object) -> VariantRow:
     row = VariantRow(
         variant=variant, latent_dim=latent_dim, beta=beta, likelihood="bernoulli", model_version=1, data_version="d" * 64,
-        protocol=PROTOCOL, test_iwae_nll=100.0 - latent_dim, test_recon_nll=90.0 - 2 * latent_dim / beta,
-        test_kl=5.0 + latent_dim / beta, probe_accuracy=0.8, knn_accuracy=0.85, active_units=latent_dim, prior_fd=200.0,
+        protocol=PROTOCOL, training=TRAINING, test_iwae_nll=100.0 - latent_dim, test_rate=5.0 + latent_dim / beta,
+        test_distortion=92.0 - 2 * latent_dim / beta, test_recon_nll_at_mu=90.0 - 2 * latent_dim / beta,
+        test_kl_of_grey_input=4.5 + latent_dim / beta, probe_accuracy=0.8, knn_accuracy=0.85, active_units=latent_dim, prior_fd=200.0,
         midpoint_fd=210.0, prior_holes_share=0.1, prior_mmd2=0.01, regular=True,
     )
     return dataclasses.replace(row, **changes)
@@ -32,8 +35,8 @@ class TestSweepTable:
         table = sweep_table(SWEEP)
         assert list(table["variant"]) == ["z2-b0.5-bern", "z2-b4-bern", "z10-b1-bern"]
         assert table["comparable"].all() and (table["note"] == "").all()
-        assert {"variant", "latent_dim", "beta", "likelihood", "test_iwae_nll", "test_recon_nll", "test_kl",
-                "probe_accuracy", "knn_accuracy", "prior_fd", "midpoint_fd", "prior_holes_share"} <= set(table.columns)
+        assert {"variant", "latent_dim", "beta", "likelihood", "test_iwae_nll", "test_rate", "test_distortion",
+                "test_recon_nll_at_mu", "test_kl_of_grey_input", "probe_accuracy", "knn_accuracy", "prior_fd", "midpoint_fd", "prior_holes_share"} <= set(table.columns)
 
     def test_other_evaluation_settings_are_kept_but_not_comparable(self) -> None:
         other = json.dumps({"split": "test", "judge": "j1", "iwae_k": 20}, sort_keys=True)
@@ -49,6 +52,17 @@ class TestSweepTable:
         notes = table.set_index("variant")["note"]
         assert "gaussian likelihood" in notes["z2-b1-gauss"]
         assert "data version eeeeeeeeeeee, not dddddddddddd" in notes["z2-b1-bern"]
+
+    def test_a_variant_trained_differently_is_marked_with_what_differs_and_left_out_of_the_picture(self, tmp_path: Path) -> None:
+        """Fails if rows measured alike but trained differently (2 epochs beside 30) count as comparable."""
+        short = json.dumps({**json.loads(TRAINING), "epochs": 2, "learning_rate": 0.01}, sort_keys=True)
+        table = sweep_table([*SWEEP, _row("z20-b1-bern", 20, 1.0, training=short)], reference="z10-b1-bern")
+        row = table.set_index("variant").loc["z20-b1-bern"]
+        assert not row["comparable"]
+        assert "trained differently (epochs: 2 vs 30; learning_rate: 0.01 vs 0.001)" in row["note"]
+        assert "retrain it with z10-b1-bern's training config" in row["note"]
+        drawn = table[table["comparable"]]
+        assert list(drawn["variant"]) == ["z2-b0.5-bern", "z2-b4-bern", "z10-b1-bern"]
 
     def test_the_reference_decides_when_it_is_the_odd_one(self) -> None:
         other = json.dumps({"split": "test", "judge": "j2", "iwae_k": 1000}, sort_keys=True)
@@ -72,6 +86,15 @@ class TestRateDistortionPicture:
         path = rate_distortion_png(sweep_table(SWEEP), tmp_path / "rd.png")
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] >= 600
+
+    def test_lines_of_equal_elbo_span_the_points_on_round_values(self) -> None:
+        from vae_pipeline.core.sweep_comparison import _elbo_levels
+
+        table = sweep_table(SWEEP)
+        totals = table["test_rate"] + table["test_distortion"]
+        levels = _elbo_levels(totals)
+        assert levels.min() <= totals.min() and levels.max() >= totals.max()
+        assert all(float(level) == round(float(level), 2) for level in levels) and 3 <= len(levels) <= 12
 
     def test_nothing_comparable_is_refused(self, tmp_path: Path) -> None:
         table = sweep_table(SWEEP)

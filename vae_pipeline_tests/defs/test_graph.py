@@ -13,7 +13,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from vae_pipeline_tests.helpers import PIPELINE_ASSETS, TINY_COMPARISON, TINY_EVALUATION, materialize_all, mlflow_client, tracking_uri
+from vae_pipeline_tests.helpers import (
+    PIPELINE_ASSETS,
+    TINY_COMPARISON,
+    TINY_EVALUATION,
+    TINY_TRAINING,
+    materialize_all,
+    mlflow_client,
+    tracking_uri,
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +79,22 @@ class TestWholeGraph:
         client = mlflow_client(tracking_uri(data_dir))
         metrics = client.get_run(client.get_model_version("vae-mnist", "2").run_id).data.metrics
         per_model = ("encode", "probe", "knn", "tsne", "trustworthiness", "smoothness")
-        stages = {"load", "encode", "regularity", "pictures", "pixel_probe", "pixel_knn", "pca", "iwae",
+        stages = {"load", "encode", "regularity", "pictures", "pixel_probe", "pixel_knn", "pca", "iwae", "rate_distortion",
                   *per_model, *(f"ae_{stage}" for stage in per_model if stage != "encode")}
         recorded = {key.removeprefix("eval_").removesuffix("_seconds") for key in metrics
                     if key.startswith("eval_") and key.endswith("_seconds") and key != "eval_seconds"}
         assert recorded == stages
         assert all(metrics[f"eval_{stage}_seconds"] > 0 for stage in stages)
         assert metrics["eval_seconds"] == pytest.approx(sum(metrics[f"eval_{stage}_seconds"] for stage in stages))
+
+    def test_the_sweep_row_says_how_its_model_was_trained_and_its_true_rate_and_distortion(self, two_versions) -> None:
+        data_dir, _, _ = two_versions
+        (row,) = pd.read_parquet(data_dir / "sweeps" / "vae-mnist" / "comparison.parquet").to_dict("records")
+        training = json.loads(row["training"])
+        assert training["epochs"] == TINY_TRAINING["epochs"] and training["hidden_dims"] == list(TINY_TRAINING["hidden_dims"])
+        assert "latent_dim" not in training and "beta" not in training and "seed" not in training  # what a sweep varies
+        assert row["test_rate"] + row["test_distortion"] > row["test_iwae_nll"]  # R + D is the bound IWAE tightens
+        assert row["test_recon_nll_at_mu"] != row["test_distortion"]  # the at-mu figure is kept under its own name
 
     def test_the_report_compares_with_the_variants_previous_version(self, two_versions) -> None:
         _, first, second = two_versions

@@ -20,7 +20,14 @@ from vae_pipeline.core import plots, probes, regularity, smoothness, tsne
 from vae_pipeline.core.arrays import subsample_indices
 from vae_pipeline.core.config import EvaluationConfig, to_dict
 from vae_pipeline.core.device import resolve_device
-from vae_pipeline.core.inference import active_units, decode_latents, encode_mean, iwae_nll, mean_kl_per_dimension
+from vae_pipeline.core.inference import (
+    active_units,
+    decode_latents,
+    encode_mean,
+    iwae_nll,
+    mean_kl_per_dimension,
+    rate_distortion,
+)
 from vae_pipeline.core.judge import Judge, judge_outputs, load_judge
 from vae_pipeline.core.model import VAE
 from vae_pipeline.core.reports import scoring_targets
@@ -40,7 +47,7 @@ from vae_pipeline.defs.versions import JUST_TRAINED
 from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "evaluation"
-EVALUATION_CODE_VERSION = "4"  # bump when a change should re-evaluate models whose inputs and config are unchanged
+EVALUATION_CODE_VERSION = "5"  # bump when a change should re-evaluate models whose inputs and config are unchanged
 SHOWN_SAMPLES = 64  # decoded draws per panel of the side-by-side picture (an 8x8 mosaic)
 MANIFOLD_SIDE = 20  # the 2-D manifold picture decodes a 20 x 20 grid of Gaussian quantiles
 
@@ -205,6 +212,8 @@ def latent_evaluation(
     with watch("iwae"):
         x = scoring_targets(models["vae"], test.float_images()[idx], torch.Generator().manual_seed(config.seed))
         nll = iwae_nll(models["vae"], x, k=config.iwae_k, device=device, generator=torch.Generator(device=device).manual_seed(config.seed))
+    with watch("rate_distortion"):  # the ELBO's two terms on the same images, as trained: IWAE NLL <= R + D
+        rd = rate_distortion(models["vae"], x, device=device, generator=stream(config.seed, "rate_distortion", device))
     kl_dims = mean_kl_per_dimension(codes["vae"]["mu_test"], codes["vae"]["logvar_test"])
 
     vae_fig, ae_fig = figures["vae"], figures["ae"]
@@ -227,6 +236,9 @@ def latent_evaluation(
         "eval_iwae_nll": float(nll.mean()),
         "eval_iwae_k": float(config.iwae_k),
         "eval_iwae_examples": float(len(idx)),
+        "eval_rate": float(rd.rate.mean()),
+        "eval_distortion": float(rd.distortion.mean()),
+        "eval_neg_elbo": float((rd.rate + rd.distortion).mean()),
         "eval_kl_total": float(kl_dims.sum()),
         **{f"eval_{stage}_seconds": seconds for stage, seconds in watch.seconds.items()},
         "eval_seconds": watch.total(),  # the stages above; the step adds MLflow logging and the stored copies
@@ -247,9 +259,9 @@ def latent_evaluation(
     metrics_path = folder / "metrics.json"
     write_json_atomic(metrics_path, report)
     run_id = evaluated["mlflow_run_id"]
+    pngs = [metrics_path, samples_png, *(extras["tsne_png"] for _, extras in descriptive.values()), *pictures.values()]
     client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
     record_evaluation(client, report)  # headline figures and their protocol on the registered version
-    pngs = [metrics_path, samples_png, *(extras["tsne_png"] for _, extras in descriptive.values()), *pictures.values()]
     for path in pngs:
         client.log_artifact(run_id, str(path), artifact_path="evaluation")
 

@@ -17,8 +17,15 @@ from vae_pipeline.defs.reuse import StoredResult, result_key
 from vae_pipeline.defs.tracking import MlflowTracking
 
 GROUP = "sweeps"
-SWEEP_CODE_VERSION = "1"
+SWEEP_CODE_VERSION = "2"
 EVERY_VARIANT = dg.AssetIn(metadata={ALL_PARTITIONS: True})
+
+
+def _training_setup(model: dict) -> dict:
+    """How a variant was trained, but for what the sweep varies (and the seed): equal for rows trained alike."""
+    varied = {*Variant.__dataclass_fields__, "seed"}
+    setup = {**model["model_config"], **model["train_config"]}
+    return {k: v for k, v in setup.items() if k not in varied}
 
 
 def _row(storage: PipelineStorage, variant: str, model: dict, embeddings: dict, evaluation: dict) -> VariantRow:
@@ -31,7 +38,9 @@ def _row(storage: PipelineStorage, variant: str, model: dict, embeddings: dict, 
         variant=variant, latent_dim=key.latent_dim, beta=key.beta, likelihood=key.likelihood,
         model_version=int(model["model_version"]), data_version=model["data_version"],
         protocol=json.dumps({**protocol, "embeddings": embeddings.get("config", {})}, sort_keys=True),
-        test_iwae_nll=m["eval_iwae_nll"], test_recon_nll=float(test["recon_nll_at_mu"].mean()), test_kl=float(test["kl"].mean()),
+        training=json.dumps(_training_setup(model), sort_keys=True),
+        test_iwae_nll=m["eval_iwae_nll"], test_rate=m["eval_rate"], test_distortion=m["eval_distortion"],
+        test_recon_nll_at_mu=float(test["recon_nll_at_mu"].mean()), test_kl_of_grey_input=float(test["kl"].mean()),
         probe_accuracy=m["eval_probe_accuracy"], knn_accuracy=m["eval_knn_accuracy"], active_units=int(m["eval_active_units"]),
         prior_fd=m["eval_prior_fd"], midpoint_fd=m["eval_midpoint_fd"], prior_holes_share=m["eval_prior_fit_holes_share"],
         prior_mmd2=m["eval_prior_fit_mmd2"], regular=bool(evaluation["regular"]),
