@@ -5,7 +5,8 @@ attribute pytest no longer reads), so the suite brings its own scheduler, chosen
 `pytest_xdist_make_scheduler` in conftest.py. A work unit ("scope") is:
 
 - `e2e/test_team.py`: the team deployment (PostgreSQL, Redis, Celery workers, MLflow, Dagster);
-- every other end-to-end file together: they share one `mlflow server` and one `dagster dev`;
+- every other end-to-end file together: they share one `mlflow server` and one `dagster dev` (but for
+  the files in OWN_SERVERS, which start their own);
 - the files that read the session's tiny graph together, so it is built once;
 - any other file on its own.
 
@@ -26,10 +27,16 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+# End-to-end files that start servers of their own (not the shared ones): a work unit each, like any other file.
+OWN_SERVERS = ("e2e/test_tracking_server_death.py",)
+
+
 def group_of(nodeid: str) -> tuple[int, str]:
     """(rank, scope) of a test: the rank orders the work units, the scope names the one it belongs to."""
     path = nodeid.split("::", 1)[0]
     relative = path.removeprefix(TESTS)
+    if relative.startswith(OWN_SERVERS):
+        return len(GROUPS), path
     for rank, (scope, prefixes) in enumerate(GROUPS.items()):
         if relative.startswith(prefixes):
             return rank, scope

@@ -115,7 +115,8 @@ class WriteError(OSError):
     """A file could not be written (disk full, read-only, no permission); the message names the path and the fix."""
 
 
-def _write_error(path: Path, exc: OSError) -> WriteError:
+def write_error(path: Path, exc: OSError) -> WriteError:
+    """The one "could not write <path>" error, for any write that failed (MLflow's own writes too)."""
     reason = exc.strerror or str(exc)
     return WriteError(
         exc.errno,
@@ -141,7 +142,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:
-        raise _write_error(path, exc) from exc
+        raise write_error(path, exc) from exc
     tmp = Path(name)
     try:
         yield tmp
@@ -154,7 +155,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         raise
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise _write_error(path, exc) from exc
+        raise write_error(path, exc) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

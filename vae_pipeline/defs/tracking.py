@@ -49,7 +49,7 @@ def _switch_store(uri: str) -> None:
     _active_uri[:] = [uri]
 
 
-def _restore_environment(values: dict[str, str | None]) -> None:
+def restore_environment(values: dict[str, str | None]) -> None:
     for key, value in values.items():
         if value is None:
             os.environ.pop(key, None)
@@ -171,7 +171,7 @@ class MlflowTracking(dg.ConfigurableResource):
         previous = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        _restore_environment(previous)
+        restore_environment(previous)
         with _sqlite_creation_lock(uri):
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # creates a new sqlite store's tables
             if uri.startswith("sqlite:///") and uri == f"sqlite:///{self.embedded_db()}":  # no data/mlflow/ folder when tracking to a server
@@ -194,7 +194,7 @@ class MlflowTracking(dg.ConfigurableResource):
                 "(mlflow server --host 127.0.0.1) or set MLFLOW_TRACKING_URI / the tracking_uri resource config."
             ) from exc
         finally:
-            _restore_environment(previous)
+            restore_environment(previous)
 
     def experiment_id(self, client: MlflowClient) -> str:
         """The experiment's id, created on first use with artifacts under the data folder."""

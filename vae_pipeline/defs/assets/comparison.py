@@ -27,6 +27,7 @@ from vae_pipeline.defs.assets.outputs import png_markdown
 from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.lineage import check_judge_data, check_same_data, load_model_store
+from vae_pipeline.defs.mlflow_failures import mlflow_writes
 from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
 from vae_pipeline.defs.reuse import StoredResult, result_key
 from vae_pipeline.defs.tracking import CHAMPION, MlflowTracking
@@ -128,8 +129,9 @@ def version_comparison(
     _prior_panels(baseline, candidate, report, protocol.seed, device, samples_png)
     write_json_atomic(report_path, report)
     run_id = candidate.record["mlflow_run_id"]
-    for path in (report_path, samples_png):
-        client.log_artifact(run_id, str(path), artifact_path=f"comparisons/{baseline.label}")
+    with mlflow_writes(mlflow_tracking, f"the comparison of {baseline.label} and {candidate.label}", run_id=run_id):
+        for path in (report_path, samples_png):
+            client.log_artifact(run_id, str(path), artifact_path=f"comparisons/{baseline.label}")
     context.log.info(f"{baseline.label} vs {candidate.label}:\n{report['table_md']}")
     manifest = {k: v for k, v in report.items() if not k.endswith("_md")}
     metadata = {

@@ -38,6 +38,7 @@ from vae_pipeline.defs.assets.outputs import png_markdown, version_folder
 from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.lineage import check_judge_data, check_same_data, load_model_store, load_trained_model
+from vae_pipeline.defs.mlflow_failures import mlflow_writes
 from vae_pipeline.defs.registry import record_evaluation
 from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
 from vae_pipeline.defs.reuse import stored_result
@@ -260,10 +261,11 @@ def latent_evaluation(
     write_json_atomic(metrics_path, report)
     run_id = evaluated["mlflow_run_id"]
     pngs = [metrics_path, samples_png, *(extras["tsne_png"] for _, extras in descriptive.values()), *pictures.values()]
-    client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
-    record_evaluation(client, report)  # headline figures and their protocol on the registered version
-    for path in pngs:
-        client.log_artifact(run_id, str(path), artifact_path="evaluation")
+    with mlflow_writes(mlflow_tracking, f"evaluation of {evaluated['model_name']} {target.label}", run_id=run_id):
+        client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
+        record_evaluation(client, report)  # headline figures and their protocol on the registered version
+        for path in pngs:
+            client.log_artifact(run_id, str(path), artifact_path="evaluation")
 
     table = _comparison_table(vae_fig, ae_fig, descriptive, pixels, pixels_knn, pca, metrics, config, models["vae"], len(idx))
     context.log.info(f"VAE latent space: {verdict}")

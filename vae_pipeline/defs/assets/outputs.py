@@ -23,6 +23,7 @@ from vae_pipeline.defs.lineage import (
     load_trained_model,
 )
 from vae_pipeline.defs.resources import PipelineStorage
+from vae_pipeline.defs.mlflow_failures import mlflow_writes
 from vae_pipeline.defs.reuse import stored_result
 from vae_pipeline.defs.tracking import MlflowTracking
 from vae_pipeline.defs.versions import versions_of_variant
@@ -228,8 +229,9 @@ def reconstruction_report(
     stats_path = folder / "per_class.csv"
     with atomic_path(stats_path) as tmp:
         stats.to_csv(tmp)
-    log_artifacts(mlflow_tracking, vae_model["mlflow_run_id"], [stats_path, *galleries.values()], "reconstruction_report")
-    mlflow_tracking.activate().log_metric(vae_model["mlflow_run_id"], "test_recon_nll_at_mu", float(test["recon_nll_at_mu"].mean()))
+    with mlflow_writes(mlflow_tracking, f"the reconstruction report of v{version}", run_id=vae_model["mlflow_run_id"]):
+        log_artifacts(mlflow_tracking, vae_model["mlflow_run_id"], [stats_path, *galleries.values()], "reconstruction_report")
+        mlflow_tracking.activate().log_metric(vae_model["mlflow_run_id"], "test_recon_nll_at_mu", float(test["recon_nll_at_mu"].mean()))
     manifest = {"errors_parquet": storage.relative(errors_path), "per_class_csv": storage.relative(stats_path),
                 "galleries": {k: storage.relative(v) for k, v in galleries.items()}, "model_version": version,
                 "previous_version": earlier[-1] if earlier else None}

@@ -32,6 +32,7 @@ from vae_pipeline.defs.lineage import (
     load_trained_model,
     stored_tensors,
 )
+from vae_pipeline.defs.mlflow_failures import mlflow_writes
 from vae_pipeline.defs.registry import record_gates, record_promotion
 from vae_pipeline.defs.resources import PipelineStorage
 from vae_pipeline.defs.tracking import (
@@ -160,9 +161,10 @@ def champion_comparison(
         context.log.info(f"measuring v{vae_model['model_version']} on the {protocol.split} split: IWAE k={protocol.iwae_k} "
                          f"on {protocol.iwae_examples} images, probe on {protocol.probe_rows} training rows")
         figures = gate_figures(load_trained_model(storage, vae_model, device), store, protocol, device)
-        for key, value in figures.items():
-            client.log_metric(run_id, f"gate_{key}", value)
-        client.set_tag(run_id, PROTOCOL_TAG, protocol.to_json())  # last: it vouches for the metrics above
+        with mlflow_writes(mlflow_tracking, f"the gate figures of v{vae_model['model_version']}", run_id=run_id):
+            for key, value in figures.items():
+                client.log_metric(run_id, f"gate_{key}", value)
+            client.set_tag(run_id, PROTOCOL_TAG, protocol.to_json())  # last: it vouches for the metrics above
     champion_side = _champion_side(context, client, vae_model["model_name"], protocol, store, device, storage, cfg,
                                    lambda: load_trained_model(storage, vae_model, device))
     comparison = Comparison(**{"protocol": protocol, "challenger": figures, **champion_side})
@@ -176,7 +178,8 @@ def champion_comparison(
         "gates": {"nll": [nll_ok, nll_text], "probe": [probe_ok, probe_text],
                   "collapse": list(collapse_gate(figures["active_units"], latent_dim, MIN_ACTIVE_FRACTION))},
     }
-    record_gates(client, manifest)  # the registry says how the version measured and whether it passed, failures too
+    with mlflow_writes(mlflow_tracking, f"the gate verdicts of v{vae_model['model_version']}"):
+        record_gates(client, manifest)  # the registry says how the version measured and whether it passed, failures too
     champion = comparison.champion or {}
     return dg.MaterializeResult(
         value=manifest,
@@ -256,8 +259,9 @@ def champion_model(
             f"champion is now v{previous.version if previous else '(none)'}; re-materialize champion_comparison"
             f"[{context.partition_key}] to measure it against the current champion."
         )
-    client.set_registered_model_alias(name, CHAMPION, str(version))
-    why = record_promotion(client, name, version, int(previous.version) if previous else None, champion_comparison)
+    with mlflow_writes(mlflow_tracking, f"the promotion of {name} v{version}"):
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+        why = record_promotion(client, name, version, int(previous.version) if previous else None, champion_comparison)
     context.log.info(f"{name} v{version} is champion (was {previous.version if previous else 'none'}): {why}")
     figures = champion_comparison["challenger"]
     return dg.MaterializeResult(

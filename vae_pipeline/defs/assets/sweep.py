@@ -12,6 +12,7 @@ from vae_pipeline.core.sweep import Variant
 from vae_pipeline.core.sweep_comparison import VariantRow, rate_distortion_png, sweep_table, table_markdown
 from vae_pipeline.defs.assets.outputs import png_markdown
 from vae_pipeline.defs.automation import on_new_data
+from vae_pipeline.defs.mlflow_failures import mlflow_writes
 from vae_pipeline.defs.resources import ALL_PARTITIONS, PipelineStorage
 from vae_pipeline.defs.reuse import StoredResult, result_key
 from vae_pipeline.defs.tracking import MlflowTracking
@@ -97,12 +98,14 @@ def sweep_comparison(
     latents.write_parquet(pa.Table.from_pandas(table, preserve_index=False), parquet_path)
     rate_distortion_png(table, png_path)
     client = mlflow_tracking.activate()
-    run = client.create_run(mlflow_tracking.experiment_id(client), run_name=f"sweep-comparison-{name}",
-                            tags={"role": "sweep_comparison", "dagster.run_id": context.run.run_id, "model_name": name,
-                                  "variants": ", ".join(table["variant"])})
-    for path in (parquet_path, png_path):
-        client.log_artifact(run.info.run_id, str(path), artifact_path="sweep")
-    client.set_terminated(run.info.run_id)
+    with mlflow_writes(mlflow_tracking, f"the sweep comparison of {name}") as writes:
+        run = client.create_run(mlflow_tracking.experiment_id(client), run_name=f"sweep-comparison-{name}",
+                                tags={"role": "sweep_comparison", "dagster.run_id": context.run.run_id, "model_name": name,
+                                      "variants": ", ".join(table["variant"])})
+        writes.owns(run.info.run_id)
+        for path in (parquet_path, png_path):
+            client.log_artifact(run.info.run_id, str(path), artifact_path="sweep")
+        client.set_terminated(run.info.run_id)
     comparable = table[table["comparable"]]
     context.log.info(f"{len(table)} variants, {len(comparable)} comparable:\n{table_markdown(table)}")
     manifest = {"path": storage.relative(parquet_path), "picture": storage.relative(png_path), "model_name": name,

@@ -21,11 +21,13 @@ from vae_pipeline.core.config import (
     to_dict,
 )
 from vae_pipeline.core.device import resolve_device
+from vae_pipeline.core.memory import check_training_fits
 from vae_pipeline.core.model import build_model
 from vae_pipeline.core.tensor_store import load_tensor_store
 from vae_pipeline.core.train import Callback, fit
 from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
+from vae_pipeline.defs.mlflow_failures import mlflow_writes, tracked_run
 from vae_pipeline.defs.progress import DagsterProgressLogger
 from vae_pipeline.defs.registry import describe_version
 from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
@@ -119,6 +121,28 @@ def _readable_checkpoint(checkpoint: Path) -> str | None:
     except CheckpointError as exc:
         return str(exc)
     return None
+
+
+def _kept(checkpoint: Path, epochs: int) -> str:
+    """What a failed training keeps for the next materialization, in a sentence for the failure message."""
+    if not checkpoint.is_file():
+        return "No epoch was checkpointed yet: training starts from the beginning."
+    try:
+        epoch = load_checkpoint(checkpoint)["epoch"]
+    except CheckpointError as exc:
+        return f"The checkpoint {checkpoint} cannot be read ({exc}): training starts afresh."
+    if epoch >= epochs:
+        return (f"Training finished: its checkpoint (epoch {epoch} of {epochs}) is kept in {checkpoint}, and "
+                "re-materializing logs it without training again.")
+    return f"The checkpoint of epoch {epoch} of {epochs} is kept in {checkpoint}: training resumes from it."
+
+
+def _log_unlogged_epochs(client: MlflowClient, run_id: str, records: list[dict[str, float]]) -> None:
+    """Log the checkpointed epochs whose metrics never reached the run (the server or the process died in between)."""
+    logged = {m.step for m in client.get_metric_history(run_id, "val_neg_elbo")}
+    for record in records:
+        if int(record["epoch"]) not in logged:
+            MlflowEpochLogger().on_epoch_end(int(record["epoch"]), record)
 
 
 def _registered_version_ok(client: MlflowClient, summary: dict[str, Any]) -> bool:
@@ -240,7 +264,10 @@ def _train_tracked(
 
     store = load_tensor_store(store_path)
     example = store["test"].float_images()[:4].reshape(4, -1).numpy()  # (4, 784)
-    with mlflow.start_run(
+    with tracked_run(
+        mlflow_tracking,
+        f"training of {role} {fingerprint}",
+        kept=lambda: _kept(checkpoint, train_cfg.epochs),
         run_id=run_id,
         experiment_id=None if run_id else experiment_id,
         run_name=None if run_id else f"{role}-{fingerprint[:8]}",
@@ -254,6 +281,8 @@ def _train_tracked(
                               n_train=len(store["train"]), n_val=len(store["val"]), dataset=mnist_tensors["dataset"],
                               data_version=data_version, variant=context.partition_key)
         if summary is None:
+            if run_id is not None and checkpoint.is_file():
+                _log_unlogged_epochs(client, run_id, load_checkpoint(checkpoint)["history"])
             model = build_model(model_cfg, seed=train_cfg.seed)
             history = fit(
                 model,
@@ -261,7 +290,8 @@ def _train_tracked(
                 store["val"].float_images(),
                 train_cfg,
                 device,
-                callbacks=[MlflowEpochLogger(), DagsterProgressLogger(context.log, role), PublishCheckpoint(storage, checkpoint)],
+                # Published before MLflow hears of the epoch: when the server has gone, the epoch is kept all the same.
+                callbacks=[PublishCheckpoint(storage, checkpoint), DagsterProgressLogger(context.log, role), MlflowEpochLogger()],
                 checkpoint_path=checkpoint,
             )
             records, train_seconds = list(history), sum(r["seconds"] for r in history)
@@ -332,6 +362,8 @@ def vae_model(
     model_cfg = to_core(config, ModelConfig, **variant.model_overrides())
     train_cfg = to_core(config, TrainConfig, **variant.train_overrides())
     device = resolve_device(config.device)
+    counts = mnist_tensors["counts"]
+    check_training_fits(model_cfg, train_cfg, counts["train"] + counts["val"], f"vae_model[{variant.key}]")
     manifest = _train_tracked(
         context,
         role="vae",
@@ -343,7 +375,9 @@ def vae_model(
         mlflow_tracking=mlflow_tracking,
         register_as=f"{mlflow_tracking.registered_model_prefix}-{mnist_tensors['dataset']}",
     )
-    describe_version(mlflow_tracking.activate(), manifest, mlflow_tracking.dagster_run_url)  # reused versions too
+    with mlflow_writes(mlflow_tracking, f"the description of {manifest['model_name']} v{manifest['model_version']}",
+                       run_id=manifest["mlflow_run_id"]):
+        describe_version(mlflow_tracking.activate(), manifest, mlflow_tracking.dagster_run_url)  # reused versions too
     # The fingerprint (config, data, code, device) is the data version: downstream updates exactly when it changes.
     return dg.MaterializeResult(value=manifest, metadata=_metadata(manifest), data_version=dg.DataVersion(manifest["fingerprint"]))
 
