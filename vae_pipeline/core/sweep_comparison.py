@@ -129,9 +129,11 @@ def rate_distortion_png(table: pd.DataFrame, path: Path | str) -> Path:
         part = shown[shown["beta"] == beta]
         ax.scatter(part["test_rate"], part["test_distortion"], c=part["latent_dim"], cmap="viridis", norm=norm,
                    s=60, marker=marker, edgecolors="black", linewidths=0.5, zorder=3, label=f"beta {beta:g}")
-    for row in shown.itertuples():
+    # Labels take turns above, below and higher above their points (ordered by rate), so that
+    # variants close on the plane (a 2-D latent's betas) stay readable.
+    for i, row in enumerate(shown.sort_values("test_rate").itertuples()):
         ax.annotate(f"{row.variant}\nIWAE NLL {row.test_iwae_nll:.1f}", (row.test_rate, row.test_distortion),
-                    textcoords="offset points", xytext=(5, 4), fontsize=7)
+                    textcoords="offset points", xytext=(5, (6, -24, 24)[i % 3]), fontsize=7)
     ax.margins(0.15)  # room for the labels of the outermost points
     # Lines of equal ELBO: R + D = c. Drawn across the axes as they stand, so they do not move the view.
     x_lim, y_lim = ax.get_xlim(), ax.get_ylim()

@@ -18,7 +18,7 @@ from vae_pipeline.defs.reuse import StoredResult, result_key
 from vae_pipeline.defs.tracking import MlflowTracking
 
 GROUP = "sweeps"
-SWEEP_CODE_VERSION = "2"
+SWEEP_CODE_VERSION = "3"
 EVERY_VARIANT = dg.AssetIn(metadata={ALL_PARTITIONS: True})
 
 
