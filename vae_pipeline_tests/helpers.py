@@ -94,3 +94,24 @@ def materialize_all(
         partition_key=variant,
         raise_on_error=False,  # a failed quality gate fails the run; the tests read the outcome
     )
+
+
+TRAINING_ASSETS = ["mnist_raw", "mnist_tensors", "vae_model"]
+
+
+def materialize_training(
+    data_dir: Path, source_dir: Path, *, uri: str | None = None, instance: dg.DagsterInstance | None = None,
+    **training: object,
+) -> dg.ExecuteInProcessResult:
+    """Ingest the slice and train the tiny variant's VAE only (`training` overrides the tiny training config), tracking
+    to `uri` (default: the data folder's embedded store)."""
+    from vae_pipeline.definitions import defs
+    from vae_pipeline.defs.resources import default_resources
+
+    ops = run_config(source_dir, **training).to_config_dict()["ops"]
+    return dg.materialize(
+        list(defs.assets), selection=TRAINING_ASSETS, run_config={"ops": {asset: ops[asset] for asset in TRAINING_ASSETS}},
+        resources=default_resources(str(data_dir), tracking_uri=uri or tracking_uri(data_dir)),
+        instance=add_variants(instance or dg.DagsterInstance.ephemeral(), TINY_VARIANT), partition_key=TINY_VARIANT,
+        raise_on_error=False,
+    )

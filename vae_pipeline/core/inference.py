@@ -199,10 +199,7 @@ def rate_distortion(
             mu, logvar = model.encode(xb)  # (B, latent_dim) each
             if logvar is None:
                 raise ValueError("rate and distortion need q(z|x); a deterministic auto-encoder (variational=False) has none.")
-            mu_s = mu.expand(samples, *mu.shape)  # (S, B, latent_dim)
-            z = model.reparameterize(mu_s, logvar.expand_as(mu_s), generator)  # (S, B, latent_dim)
-            decoded = model.decode(z).view(samples, *xb.shape)  # (S, B, C, H, W)
-            distortions.append(losses.recon_nll(decoded, xb, model.cfg.likelihood, model.log_sigma).mean(dim=0).cpu())  # (B,)
+            distortions.append(losses.expected_recon_nll(model, mu, logvar, xb, samples, generator).cpu())  # (B,)
             rates.append(losses.kl_divergence(mu, logvar).cpu())  # (B,)
     return RateDistortion(torch.cat(rates), torch.cat(distortions))
 

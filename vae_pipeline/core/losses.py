@@ -86,6 +86,24 @@ class ElboTerms(NamedTuple):
     mu: torch.Tensor  # (B, latent_dim), for diagnostics such as active units
 
 
+def expected_recon_nll(
+    model: VAE, mu: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor, samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """E_q(z|x)[-log p(target|z)] per example (B,), nats: the mean over `samples` reparameterized draws of z.
+
+    The ELBO's reconstruction term, as training optimises it and as the rate-distortion figures
+    report it (`inference.rate_distortion`).
+    """
+    if samples == 1:
+        z = model.reparameterize(mu, logvar, generator)  # (B, latent_dim)
+        return recon_nll(model.decode(z), target, model.cfg.likelihood, model.log_sigma)  # (B,)
+    mu_l = mu.expand(samples, *mu.shape)  # (L, B, latent_dim)
+    z = model.reparameterize(mu_l, logvar.expand_as(mu_l), generator)  # (L, B, latent_dim)
+    decoded = model.decode(z).view(samples, *target.shape)  # (L, B, C, H, W)
+    return recon_nll(decoded, target, model.cfg.likelihood, model.log_sigma).mean(dim=0)  # (B,)
+
+
 def elbo_terms(
     model: VAE,
     x: torch.Tensor,
@@ -111,14 +129,7 @@ def elbo_terms(
         recon_mean = recon.mean()
         zero = recon_mean.new_zeros(())
         return ElboTerms(recon_mean, recon_mean, recon_mean, zero, mu)
-    if mc_samples == 1:
-        z = model.reparameterize(mu, logvar, generator)  # (B, latent_dim)
-        recon = recon_nll(model.decode(z), target, model.cfg.likelihood, model.log_sigma)  # (B,)
-    else:
-        mu_l = mu.expand(mc_samples, *mu.shape)  # (L, B, latent_dim)
-        z = model.reparameterize(mu_l, logvar.expand_as(mu_l), generator)  # (L, B, latent_dim)
-        decoded = model.decode(z).view(mc_samples, *target.shape)  # (L, B, C, H, W)
-        recon = recon_nll(decoded, target, model.cfg.likelihood, model.log_sigma).mean(dim=0)  # (B,)
+    recon = expected_recon_nll(model, mu, logvar, target, mc_samples, generator)  # (B,)
     kl_dims = kl_per_dimension(mu, logvar)  # (B, latent_dim)
     recon_mean = recon.mean()
     kl_mean = kl_dims.sum(dim=1).mean()
@@ -166,6 +177,7 @@ __all__ = [
     "METRIC_NAMES",
     "ElboTerms",
     "elbo_terms",
+    "expected_recon_nll",
     "beta_at_epoch",
     "iwae_log_likelihood",
     "kl_divergence",

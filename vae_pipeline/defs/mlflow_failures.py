@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import local_file_uri_to_path
 
 from vae_pipeline.core.atomic import WriteError, write_error
-from vae_pipeline.defs.tracking import TrackingError, restore_environment
+from vae_pipeline.defs.tracking import TrackingError, http_limits
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun
@@ -52,19 +52,6 @@ HTTP_LIMITS = {
 LAST_TRY = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 # Write failures that no fix but space or permission cures (EACCES is left out: a read can raise it).
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-
-
-@contextmanager
-def http_limits(limits: dict[str, str], *, user_wins: bool = True) -> Iterator[None]:
-    """Set MLflow's HTTP variables to `limits` for the block (a variable already set wins if `user_wins`)."""
-    previous = {key: os.environ.get(key) for key in limits}
-    for key, value in limits.items():
-        if not (user_wins and previous[key] is not None):
-            os.environ[key] = value
-    try:
-        yield
-    finally:
-        restore_environment(previous)
 
 
 class MlflowWork:

@@ -13,12 +13,6 @@ from vae_pipeline.defs.tracking import MlflowTracking
 def end_mlflow_runs_of_failed_runs(context: dg.RunFailureSensorContext, mlflow_tracking: MlflowTracking) -> None:
     # A step that raises ends its MLflow run as FAILED itself; a worker killed with SIGKILL, or
     # marked failed by run monitoring, cannot. Re-materializing resumes such a run from its checkpoint.
-    client = mlflow_tracking.activate()
-    experiment_id = mlflow_tracking.experiment_id(client)
     run_id = context.dagster_run.run_id
-    dangling = client.search_runs(
-        [experiment_id], filter_string=f"tags.`dagster.run_id` = '{run_id}' AND attributes.status = 'RUNNING'"
-    )
-    for run in dangling:
-        client.set_terminated(run.info.run_id, "KILLED")
-        context.log.info(f"MLflow run {run.info.run_id} of failed Dagster run {run_id} marked KILLED")
+    for ended in mlflow_tracking.end_runs_of(run_id, "KILLED"):
+        context.log.info(f"MLflow run {ended} of failed Dagster run {run_id} marked KILLED")

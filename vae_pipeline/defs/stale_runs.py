@@ -13,7 +13,6 @@ recorded yet, or on another machine is left alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from dagster._core.events import JobFailureData, RunFailureReason
@@ -49,23 +48,6 @@ def dead_runs(instance: DagsterInstance, skip: str | None = None) -> list[DeadRu
     return found
 
 
-def end_mlflow_runs(tracking: MlflowTracking, dagster_run_id: str) -> list[str]:
-    """Mark FAILED the MLflow runs still RUNNING that Dagster run `dagster_run_id` started; returns their ids."""
-    uri = tracking.uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return []  # no store yet, so nothing was tracked; not created just to look
-    client = tracking.activate()
-    experiment = client.get_experiment_by_name(tracking.experiment_name)
-    if experiment is None:
-        return []
-    running = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`dagster.run_id` = '{dagster_run_id}' AND attributes.status = 'RUNNING'"
-    )
-    for run in running:
-        tracking.end_if_running(client, run.info.run_id, "FAILED")
-    return [run.info.run_id for run in running]
-
-
 def fail_dead_run(instance: DagsterInstance, dead: DeadRun, tracking: MlflowTracking, by: str) -> list[str] | None:
     """End the dead run's MLflow runs, then mark it FAILURE naming `dead.reason` and `by` (who checked).
 
@@ -73,7 +55,7 @@ def fail_dead_run(instance: DagsterInstance, dead: DeadRun, tracking: MlflowTrac
     another run got there first). The MLflow runs go first: if the tracking store fails, the run
     stays STARTED and the next check tries again.
     """
-    ended = end_mlflow_runs(tracking, dead.run.run_id)
+    ended = tracking.end_runs_of(dead.run.run_id, "FAILED")
     current = instance.get_run_by_id(dead.run.run_id)
     if current is None or current.status != DagsterRunStatus.STARTED:
         return None

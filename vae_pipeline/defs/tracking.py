@@ -57,6 +57,23 @@ def restore_environment(values: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
+@contextmanager
+def http_limits(limits: dict[str, str], *, user_wins: bool = True) -> Iterator[None]:
+    """Set MLflow's HTTP variables (MLFLOW_HTTP_REQUEST_*) to `limits` for the block; a variable already set wins if `user_wins`.
+
+    MLflow reads them on every request (a changed value gets its own HTTP session), so a block
+    can bound its calls without touching anyone else's.
+    """
+    previous = {key: os.environ.get(key) for key in limits}
+    for key, value in limits.items():
+        if not (user_wins and previous[key] is not None):
+            os.environ[key] = value
+    try:
+        yield
+    finally:
+        restore_environment(previous)
+
+
 class TrackingError(RuntimeError):
     """The MLflow tracking server cannot be used; the message names the URI and the fix."""
 
@@ -183,18 +200,14 @@ class MlflowTracking(dg.ConfigurableResource):
         if not uri.startswith(("http://", "https://")):
             return
         # MLflow retries for minutes by default; a wrong URI should fail in seconds.
-        previous = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
-        try:
-            client.search_experiments(max_results=1)
-        except MlflowException as exc:
-            raise TrackingError(
-                f"MLflow tracking server {uri} is unreachable ({exc.message.splitlines()[0]}); start it "
-                "(mlflow server --host 127.0.0.1) or set MLFLOW_TRACKING_URI / the tracking_uri resource config."
-            ) from exc
-        finally:
-            restore_environment(previous)
+        with http_limits({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}, user_wins=False):
+            try:
+                client.search_experiments(max_results=1)
+            except MlflowException as exc:
+                raise TrackingError(
+                    f"MLflow tracking server {uri} is unreachable ({exc.message.splitlines()[0]}); start it "
+                    "(mlflow server --host 127.0.0.1) or set MLFLOW_TRACKING_URI / the tracking_uri resource config."
+                ) from exc
 
     def experiment_id(self, client: MlflowClient) -> str:
         """The experiment's id, created on first use with artifacts under the data folder."""
@@ -208,6 +221,26 @@ class MlflowTracking(dg.ConfigurableResource):
             return client.create_experiment(self.experiment_name, artifact_location=location)
         except MlflowException:  # another run created it first
             return client.get_experiment_by_name(self.experiment_name).experiment_id
+
+    def end_runs_of(self, dagster_run_id: str, status: str) -> list[str]:
+        """Mark `status` (FAILED, KILLED) the MLflow runs still RUNNING that Dagster run `dagster_run_id` started; their ids.
+
+        A Dagster run whose process died cannot end its MLflow runs itself. An embedded store that
+        does not exist yet holds none, and is not created just to look.
+        """
+        uri = self.uri()
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            return []
+        client = self.activate()
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return []
+        running = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`dagster.run_id` = '{dagster_run_id}' AND attributes.status = 'RUNNING'"
+        )
+        for run in running:
+            self.end_if_running(client, run.info.run_id, status)
+        return [run.info.run_id for run in running]
 
     def end_if_running(self, client: MlflowClient, run_id: str | None, status: str) -> None:
         """Mark a run left RUNNING by a dead process as ended (FAILED or KILLED); others are left alone."""

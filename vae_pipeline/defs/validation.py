@@ -44,7 +44,7 @@ from vae_pipeline.defs.assets.outputs import (
     ReconstructionReportConfig,
 )
 from vae_pipeline.defs.assets.promotion import ChampionComparisonConfig
-from vae_pipeline.defs.assets.training import VaeTrainingConfig
+from vae_pipeline.defs.assets.training import VaeTrainingConfig, variant_configs
 from vae_pipeline.defs.config_classes import to_core
 from vae_pipeline.defs.stale_runs import start_run_worker
 from vae_pipeline.defs.versions import parse_version_ref
@@ -138,8 +138,7 @@ def check_run_memory(run_config: Mapping[str, Any], tags: Mapping[str, str]) -> 
         return
     variant = Variant.from_key(key)
     config = _asset_config(run_config, "vae_model")
-    model_cfg = to_core(config, ModelConfig, **variant.model_overrides())
-    train_cfg = to_core(config, TrainConfig, **variant.train_overrides())
+    model_cfg, train_cfg = variant_configs(config, variant)
     check_training_fits(model_cfg, train_cfg, OFFICIAL_TRAIN_IMAGES, f"ops.vae_model.config: training variant {key}")
 
 

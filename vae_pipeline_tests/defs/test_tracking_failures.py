@@ -26,8 +26,7 @@ from sqlalchemy.engine import Engine
 from vae_pipeline.core.checkpoint import load_checkpoint
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline_tests.e2e.servers import free_port
-from vae_pipeline_tests.helpers import TINY_TRAINING, mlflow_client, tracking_uri
-from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
+from vae_pipeline_tests.helpers import TINY_TRAINING, materialize_training, mlflow_client, tracking_uri
 
 HTTP_VARIABLES = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
                   "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT")
@@ -43,18 +42,7 @@ def _no_tracking_uri_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
 
 def train(data_dir: Path, source_dir: Path) -> dg.ExecuteInProcessResult:
     """Ingest the slice and train the tiny VAE into `data_dir` (MLflow's embedded store there)."""
-    from vae_pipeline.definitions import defs
-
-    config = {
-        "mnist_raw": {"config": {"source_dir": str(source_dir), "verify_md5": False, "allow_download": False}},
-        "mnist_tensors": {"config": {"val_size": 200}},
-        "vae_model": {"config": {**TINY_TRAINING, "seed": 0}},
-    }
-    return dg.materialize(
-        list(defs.assets), selection=list(config), run_config={"ops": config},
-        resources=default_resources(str(data_dir), tracking_uri=tracking_uri(data_dir)),
-        instance=add_variants(dg.DagsterInstance.ephemeral(), TINY_VARIANT), partition_key=TINY_VARIANT, raise_on_error=False,
-    )
+    return materialize_training(data_dir, source_dir)
 
 
 def failure_of(result: dg.ExecuteInProcessResult) -> str:

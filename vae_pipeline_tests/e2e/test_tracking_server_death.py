@@ -18,10 +18,8 @@ import pytest
 import requests
 
 from vae_pipeline.core.checkpoint import load_checkpoint
-from vae_pipeline.defs.resources import default_resources
 from vae_pipeline_tests.e2e.servers import ARTIFACTS, BIN, Server, free_port, start_server, wait_for
-from vae_pipeline_tests.helpers import mlflow_client
-from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
+from vae_pipeline_tests.helpers import materialize_training, mlflow_client
 
 pytestmark = pytest.mark.slow
 
@@ -43,18 +41,7 @@ def start_mlflow(root: Path, port: int, name: str) -> Server:
 
 
 def train(data_dir: Path, source_dir: Path, uri: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    from vae_pipeline.definitions import defs
-
-    config = {
-        "mnist_raw": {"config": {"source_dir": str(source_dir), "verify_md5": False, "allow_download": False}},
-        "mnist_tensors": {"config": {"val_size": 200}},
-        "vae_model": {"config": SLOW_TRAINING},
-    }
-    return dg.materialize(
-        list(defs.assets), selection=list(config), run_config={"ops": config},
-        resources=default_resources(str(data_dir), tracking_uri=uri), instance=add_variants(instance, TINY_VARIANT),
-        partition_key=TINY_VARIANT, raise_on_error=False,
-    )
+    return materialize_training(data_dir, source_dir, uri=uri, instance=instance, **SLOW_TRAINING)
 
 
 def test_a_killed_server_fails_the_step_in_bounded_time_and_a_restart_resumes(

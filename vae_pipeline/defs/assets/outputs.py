@@ -22,8 +22,8 @@ from vae_pipeline.defs.lineage import (
     load_model_store,
     load_trained_model,
 )
-from vae_pipeline.defs.resources import PipelineStorage
 from vae_pipeline.defs.mlflow_failures import mlflow_writes
+from vae_pipeline.defs.resources import PipelineStorage
 from vae_pipeline.defs.reuse import stored_result
 from vae_pipeline.defs.tracking import MlflowTracking
 from vae_pipeline.defs.versions import versions_of_variant

@@ -23,6 +23,7 @@ from vae_pipeline.core.config import (
 from vae_pipeline.core.device import resolve_device
 from vae_pipeline.core.memory import check_training_fits
 from vae_pipeline.core.model import build_model
+from vae_pipeline.core.sweep import Variant
 from vae_pipeline.core.tensor_store import load_tensor_store
 from vae_pipeline.core.train import Callback, fit
 from vae_pipeline.defs.automation import on_new_data
@@ -62,6 +63,11 @@ VaeTrainingConfig = dagster_config(
     exclude=("variational", "image_shape", *VARIANT_FIELDS),
     extra={"device": (str, "auto")},  # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
 )
+
+
+def variant_configs(config: VaeTrainingConfig, variant: Variant) -> tuple[ModelConfig, TrainConfig]:
+    """One variant's model and training configs: the run's config with the variant's latent size, beta and likelihood."""
+    return to_core(config, ModelConfig, **variant.model_overrides()), to_core(config, TrainConfig, **variant.train_overrides())
 
 
 class PublishCheckpoint(Callback):
@@ -298,8 +304,7 @@ def _train_tracked(
         else:  # re-logging a finished model to this server: its history comes from the checkpoint
             records, train_seconds = load_checkpoint(checkpoint)["history"], summary["train_seconds"]
             if run_id is None:
-                for record in records:
-                    MlflowEpochLogger().on_epoch_end(int(record["epoch"]), record)
+                _log_unlogged_epochs(client, run.info.run_id, records)
         model_version = _finish_run(client, run.info.run_id, checkpoint, example, register_as)
     summary = {
         "role": role,
@@ -359,8 +364,7 @@ def vae_model(
     """The trained VAE of one variant: checkpoint, MLflow run, and a new registered model version (alias challenger)."""
     variant = variant_of(context)
     # Invalid config fails here, before any work.
-    model_cfg = to_core(config, ModelConfig, **variant.model_overrides())
-    train_cfg = to_core(config, TrainConfig, **variant.train_overrides())
+    model_cfg, train_cfg = variant_configs(config, variant)
     device = resolve_device(config.device)
     counts = mnist_tensors["counts"]
     check_training_fits(model_cfg, train_cfg, counts["train"] + counts["val"], f"vae_model[{variant.key}]")
