@@ -3,7 +3,7 @@
 Trains, on the 50,000-image training split (val_size 10,000, split_seed 0):
   - the default VAE: build_model(ModelConfig()), fit with TrainConfig() (10 epochs) on the CPU;
   - the plain auto-encoder: the same with variational=False;
-  - the judge (core.judge, JudgeConfig()), scored on the 10,000 test images.
+  - the judge (core.evaluation.judge, JudgeConfig()), scored on the 10,000 test images.
 Then prints, for the VAE prior N(0, I), the AE prior N(0, I) and the AE with a Gaussian fitted to
 its training codes: Fréchet distance of judge features to the test images, mean max probability,
 confident share and class coverage; the same at midpoints between test codes of different
@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from vae_pipeline.core import plots
-from vae_pipeline.core.config import DataConfig, ModelConfig, TrainConfig
-from vae_pipeline.core.idx import read_raw_dataset
-from vae_pipeline.core.inference import active_units, decode_latents, encode_mean
-from vae_pipeline.core.judge import JudgeConfig, judge_outputs, train_judge
-from vae_pipeline.core.model import build_model
-from vae_pipeline.core.regularity import (
+from vae_pipeline.core.evaluation import plots
+from vae_pipeline.core.model.config import DataConfig, ModelConfig, TrainConfig
+from vae_pipeline.core.data.idx import read_raw_dataset
+from vae_pipeline.core.model.inference import active_units, decode_latents, encode_mean
+from vae_pipeline.core.evaluation.judge import JudgeConfig, judge_outputs, train_judge
+from vae_pipeline.core.model.vae import build_model
+from vae_pipeline.core.evaluation.regularity import (
     CONFIDENT_PROB,
     HOLE_QUANTILE,
     SampleQuality,
@@ -40,8 +40,8 @@ from vae_pipeline.core.regularity import (
     sample_gaussian,
 )
 from vae_pipeline.core.stopwatch import Stopwatch
-from vae_pipeline.core.tensor_store import Split, build_store_arrays
-from vae_pipeline.core.train import fit
+from vae_pipeline.core.data.tensor_store import Split, build_store_arrays
+from vae_pipeline.core.model.train import fit
 
 
 def quality_row(name: str, q: SampleQuality) -> str:

@@ -2,7 +2,7 @@
 
 Part 1 times, in one process on the same 60,000 MNIST training images, one epoch (training plus
 a pass over the 10,000 test images) of
-  (a) `vae_pipeline.core.train.fit`: the dataset is one uint8 tensor, batches are index slices;
+  (a) `vae_pipeline.core.model.train.fit`: the dataset is one uint8 tensor, batches are index slices;
   (b) the conventional loop of pytorch/examples `vae/main.py`: torchvision's MNIST dataset with
       transforms.ToTensor() and a shuffling DataLoader (num_workers=0, as the example uses on
       CPU), the default Adam and a `loss.item()` per batch.
@@ -37,13 +37,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vae_pipeline.core.config import DataConfig, ModelConfig, TrainConfig
-from vae_pipeline.core.idx import RAW_FILES, read_raw_dataset
-from vae_pipeline.core.inference import iwae_nll
-from vae_pipeline.core.losses import elbo_terms
-from vae_pipeline.core.model import VAE, build_model
-from vae_pipeline.core.tensor_store import build_store_arrays
-from vae_pipeline.core.train import fit
+from vae_pipeline.core.model.config import DataConfig, ModelConfig, TrainConfig
+from vae_pipeline.core.data.idx import RAW_FILES, read_raw_dataset
+from vae_pipeline.core.model.inference import iwae_nll
+from vae_pipeline.core.model.losses import elbo_terms
+from vae_pipeline.core.model.vae import VAE, build_model
+from vae_pipeline.core.data.tensor_store import build_store_arrays
+from vae_pipeline.core.model.train import fit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Measured repetitions, each one epoch of each loop. Other processes' load comes and goes within

@@ -8,8 +8,8 @@ import mlflow
 import numpy as np
 import torch
 
-from vae_pipeline.core.checkpoint import load_model
-from vae_pipeline.core.inference import encode_mean
+from vae_pipeline.core.model.checkpoint import load_model
+from vae_pipeline.core.model.inference import encode_mean
 
 
 class VaeEncoder(mlflow.pyfunc.PythonModel):

@@ -16,8 +16,8 @@ import sys
 
 import dagster as dg
 
-from vae_pipeline.core.config import ConfigError
-from vae_pipeline.core.sweep import MAX_VARIANTS, Variant, load_sweep
+from vae_pipeline.core.model.config import ConfigError
+from vae_pipeline.core.selection.sweep import MAX_VARIANTS, Variant, load_sweep
 from vae_pipeline.defs.variants import VARIANTS, missing_variants, sweep_file
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_pipeline.core.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, RAW_FILES, read_raw_dataset
+from vae_pipeline.core.data.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, RAW_FILES, read_raw_dataset
 
 BOMB_MEMBER_BYTES = 16 << 20  # zeros per gzip member of a bomb: compressed once, written many times
 
@@ -102,7 +102,7 @@ def write_bomb_set(folder: Path, expanded_bytes: int) -> Path:
 # Writing 5 to clear_refs resets VmHWM to the current resident size, so the peak is the read's own.
 _MEASURE_READ = """
 import json, resource, sys
-from vae_pipeline.core.idx import DataError, read_raw_dataset
+from vae_pipeline.core.data.idx import DataError, read_raw_dataset
 
 def status_kib(field):
     with open("/proc/self/status") as fh:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vae_pipeline.core.train import TIMING_KEYS, Callback, History
+from vae_pipeline.core.model.train import TIMING_KEYS, Callback, History
 
 
 def without_timing(history: History) -> list[dict[str, float]]:

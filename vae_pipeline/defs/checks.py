@@ -2,9 +2,10 @@
 
 import dagster as dg
 
-from vae_pipeline.core import data_checks, tensor_store
+from vae_pipeline.core.data import checks as data_checks
+from vae_pipeline.core.data import tensor_store
 from vae_pipeline.defs.assets.ingest import mnist_tensors
-from vae_pipeline.defs.resources import PipelineStorage
+from vae_pipeline.defs.storage.folder import PipelineStorage
 
 
 def _result(

@@ -1,6 +1,6 @@
 """Dagster Config classes made from the core's frozen dataclasses, so a field is declared once.
 
-The core dataclasses (core/config.py) hold every field, default and value check. The launchpad
+The core dataclasses (core/model/config.py) hold every field, default and value check. The launchpad
 schema is generated from them here, and `to_core` turns a launched config back into the core
 dataclass, which validates it: adding a field touches the dataclass alone.
 """

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from vae_pipeline.core.checkpoint import load_model
-from vae_pipeline.core.model import VAE
-from vae_pipeline.core.tensor_store import TensorStore, load_tensor_store, store_path
-from vae_pipeline.defs.resources import PipelineStorage
+from vae_pipeline.core.model.checkpoint import load_model
+from vae_pipeline.core.model.vae import VAE
+from vae_pipeline.core.data.tensor_store import TensorStore, load_tensor_store, store_path
+from vae_pipeline.defs.storage.folder import PipelineStorage
 
 
 class LineageError(RuntimeError):

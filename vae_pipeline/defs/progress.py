@@ -4,7 +4,7 @@ from typing import Any
 
 import dagster as dg
 
-from vae_pipeline.core.train import Callback
+from vae_pipeline.core.model.train import Callback
 
 _SHOWN = ("train_neg_elbo", "val_neg_elbo", "val_recon_nll", "val_kl", "beta", "seconds")
 

@@ -8,7 +8,7 @@ asset (a runless materialization whose data version is the md5s) only when the m
 the last reported ones. An unchanged folder leaves no event and starts no run; `mnist_raw` and
 everything below it update through their automation conditions (defs/automation.py).
 
-A file counts only once it has settled (core/raw_settle.py): quiet for $VAE_PIPELINE_RAW_SETTLE_SECONDS
+A file counts only once it has settled (core/data/raw_settle.py): quiet for $VAE_PIPELINE_RAW_SETTLE_SECONDS
 (default 60 s) by its mtime or by the sensor's own looks. While one is still being written the sensor
 reports nothing, names it in the skip reason and keeps the previous version, so a slow copy is one
 new version when it is done, not one per minute of copying, each starting an ingest of half a file.
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from vae_pipeline.core import raw_settle, raw_source
+from vae_pipeline.core.data import raw_settle
+from vae_pipeline.core.data import raw_source
 from vae_pipeline.defs.automation import default_sensor_status
-from vae_pipeline.defs.resources import MNIST_DIR_ENV, PipelineStorage
+from vae_pipeline.defs.storage.folder import MNIST_DIR_ENV, PipelineStorage
 
 SETTLE_ENV = "VAE_PIPELINE_RAW_SETTLE_SECONDS"
 RAW_FILES_ASSET = dg.AssetSpec(

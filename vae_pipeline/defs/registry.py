@@ -24,7 +24,7 @@ from mlflow.entities import Metric, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from vae_pipeline.core.config import TrainConfig, to_dict
+from vae_pipeline.core.model.config import TrainConfig, to_dict
 from vae_pipeline.defs.tracking import TrackingError
 
 CHAMPION_HISTORY = "champion_history"  # registered-model tag: one line per move of the champion alias, newest first

@@ -20,8 +20,8 @@ from typing import Any
 
 import dagster as dg
 
-from vae_pipeline.core.checkpoint import file_sha256
-from vae_pipeline.defs.resources import PipelineStorage, write_json_atomic
+from vae_pipeline.core.model.checkpoint import file_sha256
+from vae_pipeline.defs.storage.folder import PipelineStorage, write_json_atomic
 
 RECORD_FORMAT = 1
 

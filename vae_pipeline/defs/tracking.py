@@ -18,10 +18,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from vae_pipeline.core.checkpoint import load_model
-from vae_pipeline.core.inference import encode_mean
-from vae_pipeline.core.train import Callback
-from vae_pipeline.defs.resources import PipelineStorage
+from vae_pipeline.core.model.checkpoint import load_model
+from vae_pipeline.core.model.inference import encode_mean
+from vae_pipeline.core.model.train import Callback
+from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline.defs.store_checks import check_tracking_uri
 
 CHALLENGER = "challenger"

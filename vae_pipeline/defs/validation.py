@@ -17,7 +17,7 @@ import dagster as dg
 from dagster_celery import celery_executor
 from pydantic import ValidationError
 
-from vae_pipeline.core.config import (
+from vae_pipeline.core.model.config import (
     OFFICIAL_TRAIN_IMAGES,
     ComparisonConfig,
     ConfigError,
@@ -30,10 +30,10 @@ from vae_pipeline.core.config import (
     SamplesConfig,
     TrainConfig,
 )
-from vae_pipeline.core.device import resolve_device
-from vae_pipeline.core.judge import JudgeConfig
-from vae_pipeline.core.memory import check_training_fits
-from vae_pipeline.core.sweep import Variant
+from vae_pipeline.core.model.device import resolve_device
+from vae_pipeline.core.evaluation.judge import JudgeConfig
+from vae_pipeline.core.model.memory import check_training_fits
+from vae_pipeline.core.selection.sweep import Variant
 from vae_pipeline.defs.assets.comparison import VersionComparisonConfig
 from vae_pipeline.defs.assets.evaluation import LatentEvaluationConfig
 from vae_pipeline.defs.assets.ingest import MnistRawConfig, MnistTensorsConfig

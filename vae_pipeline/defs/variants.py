@@ -9,7 +9,7 @@ once with `python -m vae_pipeline.variants_cli add`, and a user may add any othe
 UI's "Add partition" without touching code. Removing a line from the sweep file deletes nothing:
 a variant's history stays until its partition is deleted in the UI.
 
-The key decides latent size, beta and likelihood (core/sweep.py); the rest of the training
+The key decides latent size, beta and likelihood (core/selection/sweep.py); the rest of the training
 config comes from the run config, the same for every variant of a run or backfill.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from vae_pipeline.core.config import ConfigError, ModelConfig, TrainConfig
-from vae_pipeline.core.sweep import VARIANT_FIELDS, Variant, load_sweep
+from vae_pipeline.core.model.config import ConfigError, ModelConfig, TrainConfig
+from vae_pipeline.core.selection.sweep import VARIANT_FIELDS, Variant, load_sweep
 from vae_pipeline.defs.automation import default_sensor_status
 
 SWEEP_ENV = "VAE_PIPELINE_SWEEP"

@@ -19,12 +19,12 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from vae_pipeline.core.checkpoint import load_model
-from vae_pipeline.core.config import ConfigError
-from vae_pipeline.core.model import VAE
-from vae_pipeline.core.sweep import Variant
+from vae_pipeline.core.model.checkpoint import load_model
+from vae_pipeline.core.model.config import ConfigError
+from vae_pipeline.core.model.vae import VAE
+from vae_pipeline.core.selection.sweep import Variant
 from vae_pipeline.defs.lineage import LineageError, load_trained_model
-from vae_pipeline.defs.resources import PipelineStorage
+from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline.defs.tracking import download_checkpoint, version_by_alias
 
 JUST_TRAINED = ""  # the reference meaning "the version this run's vae_model produced"

@@ -10,8 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vae_pipeline.core import tensor_store
-from vae_pipeline.core.idx import DataError
+from vae_pipeline.core.data import tensor_store
+from vae_pipeline.core.data.idx import DataError
 from vae_pipeline.defs.assets.ingest import mnist_raw, mnist_tensors
 from vae_pipeline.defs.checks import DATA_CHECKS
 from vae_pipeline.defs.resources import default_resources

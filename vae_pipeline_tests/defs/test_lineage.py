@@ -9,10 +9,11 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from vae_pipeline.core.tensor_store import load_tensor_store
+from vae_pipeline.core.data.tensor_store import load_tensor_store
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.lineage import LineageError, load_model_store
-from vae_pipeline.defs.resources import PipelineStorage, default_resources
+from vae_pipeline.defs.resources import default_resources
+from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline_tests.helpers import TINY_TRAINING
 from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 

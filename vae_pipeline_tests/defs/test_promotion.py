@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vae_pipeline.core.tensor_store import load_tensor_store
+from vae_pipeline.core.data.tensor_store import load_tensor_store
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline_tests.helpers import TINY_GATES, TINY_TRAINING, mlflow_client, tracking_uri

@@ -10,10 +10,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vae_pipeline.core.idx import RAW_FILES, DataError
+from vae_pipeline.core.data.idx import RAW_FILES, DataError
 from vae_pipeline.defs.assets.ingest import mnist_raw
 from vae_pipeline.defs.raw_files import DATA_VERSION_TAG, RAW_FILES_ASSET, observe_raw_files
-from vae_pipeline.defs.resources import PipelineStorage, default_resources
+from vae_pipeline.defs.resources import default_resources
+from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline_tests.idx_files import tiny_arrays, write_idx_set
 
 SETTLE_ENV = "VAE_PIPELINE_RAW_SETTLE_SECONDS"

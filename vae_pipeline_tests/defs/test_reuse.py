@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vae_pipeline.defs.resources import PipelineStorage
+from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline.defs.reuse import StoredResult, result_key
 
 

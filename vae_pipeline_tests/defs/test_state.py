@@ -17,10 +17,11 @@ import dagster as dg
 import pytest
 from mlflow.tracking import MlflowClient
 
-from vae_pipeline.core.checkpoint import CheckpointError
+from vae_pipeline.core.model.checkpoint import CheckpointError
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.lineage import load_trained_model
-from vae_pipeline.defs.resources import PipelineStorage, default_resources
+from vae_pipeline.defs.resources import default_resources
+from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline_tests.helpers import run_config
 from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 

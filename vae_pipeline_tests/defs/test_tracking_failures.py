@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from vae_pipeline.core.checkpoint import load_checkpoint
+from vae_pipeline.core.model.checkpoint import load_checkpoint
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline_tests.e2e.servers import free_port
 from vae_pipeline_tests.helpers import TINY_TRAINING, materialize_training, mlflow_client, tracking_uri
@@ -161,7 +161,7 @@ class TestReallyFullDisk:
 
         from vae_pipeline.core.atomic import WriteError
         from vae_pipeline.defs.mlflow_failures import mlflow_writes
-        from vae_pipeline.defs.resources import PipelineStorage
+        from vae_pipeline.defs.storage.folder import PipelineStorage
         from vae_pipeline.defs.tracking import MlflowTracking
 
         data_dir = small_disk / "data"

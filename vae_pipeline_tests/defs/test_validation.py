@@ -10,9 +10,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vae_pipeline.core import memory
-from vae_pipeline.core.config import ConfigError
-from vae_pipeline.defs.resources import DATA_DIR_ENV, default_resources
+from vae_pipeline.core.model import memory
+from vae_pipeline.core.model.config import ConfigError
+from vae_pipeline.defs.resources import default_resources
+from vae_pipeline.defs.storage.folder import DATA_DIR_ENV
 from vae_pipeline.defs.validation import (
     CONFIG_CHECKS,
     PARTITION_TAG,

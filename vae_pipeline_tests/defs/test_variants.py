@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vae_pipeline.core.config import ConfigError
+from vae_pipeline.core.model.config import ConfigError
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline.defs.variants import SWEEP_ENV, VARIANTS, sweep_variants, variant_of

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from vae_pipeline.core.checkpoint import load_checkpoint
-from vae_pipeline.core.train import TIMING_KEYS
+from vae_pipeline.core.model.checkpoint import load_checkpoint
+from vae_pipeline.core.model.train import TIMING_KEYS
 from vae_pipeline.defs.variants import DEFAULT_VARIANT
 from vae_pipeline_tests.e2e.servers import ARTIFACTS, DagsterDev, child_env, manifest
 from vae_pipeline_tests.helpers import REPO_ROOT, mlflow_client

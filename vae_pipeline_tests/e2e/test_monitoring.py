@@ -18,7 +18,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from vae_pipeline.core.checkpoint import load_checkpoint
+from vae_pipeline.core.model.checkpoint import load_checkpoint
 from vae_pipeline_tests.e2e.servers import TERMINAL, DagsterDev, manifest, wait_for
 from vae_pipeline_tests.helpers import mlflow_client
 

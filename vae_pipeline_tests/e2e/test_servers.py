@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from vae_pipeline.core.sweep import load_sweep
+from vae_pipeline.core.selection.sweep import load_sweep
 from vae_pipeline.defs.variants import DEFAULT_SWEEP, VARIANTS
 from vae_pipeline_tests.e2e.servers import REPOSITORY, DagsterDev, Server, listening_addresses
 from vae_pipeline_tests.helpers import BAD_TRAINING, BAD_VARIANTS, PIPELINE_ASSETS, REPO_ROOT, mlflow_client

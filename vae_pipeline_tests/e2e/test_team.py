@@ -30,7 +30,7 @@ import psycopg2
 import pytest
 import yaml
 
-from vae_pipeline.core.checkpoint import load_checkpoint
+from vae_pipeline.core.model.checkpoint import load_checkpoint
 from vae_pipeline_tests.e2e.servers import TERMINAL, manifest, wait_for
 from vae_pipeline_tests.e2e.team import (
     CELERY_RUN_CONFIG,

@@ -17,7 +17,7 @@ import dagster as dg
 import pytest
 import requests
 
-from vae_pipeline.core.checkpoint import load_checkpoint
+from vae_pipeline.core.model.checkpoint import load_checkpoint
 from vae_pipeline_tests.e2e.servers import ARTIFACTS, BIN, Server, free_port, start_server, wait_for
 from vae_pipeline_tests.helpers import materialize_training, mlflow_client
 

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from vae_pipeline.core import raw_settle, raw_source, tensor_store
-from vae_pipeline.core.config import DataConfig
+from vae_pipeline.core.data import raw_settle
+from vae_pipeline.core.data import raw_source
+from vae_pipeline.core.data import tensor_store
+from vae_pipeline.core.model.config import DataConfig
 from vae_pipeline.defs.automation import as_soon_as_new_data
 from vae_pipeline.defs.raw_files import RAW_FILES_ASSET, raw_settle_seconds
-from vae_pipeline.defs.resources import MNIST_DIR_ENV, PipelineStorage
+from vae_pipeline.defs.storage.folder import MNIST_DIR_ENV, PipelineStorage
 
 GROUP = "ingest"
 INGEST_CODE_VERSION = "3"

@@ -7,10 +7,10 @@ from typing import Any
 import dagster as dg
 from mlflow.tracking import MlflowClient
 
-from vae_pipeline.core.config import GateConfig
-from vae_pipeline.core.device import resolve_device
-from vae_pipeline.core.model import VAE
-from vae_pipeline.core.promotion import (
+from vae_pipeline.core.model.config import GateConfig
+from vae_pipeline.core.model.device import resolve_device
+from vae_pipeline.core.model.vae import VAE
+from vae_pipeline.core.selection.promotion import (
     Comparison,
     GateProtocol,
     active_units_needed,
@@ -22,7 +22,7 @@ from vae_pipeline.core.promotion import (
     probe_gate,
     protocol_for,
 )
-from vae_pipeline.core.tensor_store import TensorStore
+from vae_pipeline.core.data.tensor_store import TensorStore
 from vae_pipeline.defs.assets.comparison import version_comparison
 from vae_pipeline.defs.automation import on_new_data, on_new_data_after_passed_gates
 from vae_pipeline.defs.config_classes import dagster_config, to_core
@@ -34,7 +34,7 @@ from vae_pipeline.defs.lineage import (
 )
 from vae_pipeline.defs.mlflow_failures import mlflow_writes
 from vae_pipeline.defs.registry import record_gates, record_promotion
-from vae_pipeline.defs.resources import PipelineStorage
+from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline.defs.tracking import (
     CHAMPION,
     MlflowTracking,

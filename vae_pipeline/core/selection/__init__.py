@@ -1,0 +1,1 @@
+"""Choosing between models: promotion gates, version comparison, sweep variants and their table."""
