@@ -19,8 +19,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # vae_pipeline_tests is not installed; its IDX writers are reused here
 
-from vae_pipeline.core.data import idx
-from vae_pipeline.core.data import tensor_store
+from vae_pipeline.core.data import idx, tensor_store
 from vae_pipeline_tests.idx_files import idx_header, measure_read, tiny_arrays, write_bomb_set, write_idx_set
 
 BOMB_EXPANDED_BYTES = 4 << 30  # the bomb: 17 MB of .gz expanding to 3.9 GB

@@ -22,12 +22,10 @@ from pathlib import Path
 
 import torch
 
-from vae_pipeline.core.evaluation import plots
-from vae_pipeline.core.model.config import DataConfig, ModelConfig, TrainConfig
 from vae_pipeline.core.data.idx import read_raw_dataset
-from vae_pipeline.core.model.inference import active_units, decode_latents, encode_mean
+from vae_pipeline.core.data.tensor_store import Split, build_store_arrays
+from vae_pipeline.core.evaluation import plots
 from vae_pipeline.core.evaluation.judge import JudgeConfig, judge_outputs, train_judge
-from vae_pipeline.core.model.vae import build_model
 from vae_pipeline.core.evaluation.regularity import (
     CONFIDENT_PROB,
     HOLE_QUANTILE,
@@ -39,9 +37,11 @@ from vae_pipeline.core.evaluation.regularity import (
     regularity_verdict,
     sample_gaussian,
 )
-from vae_pipeline.core.stopwatch import Stopwatch
-from vae_pipeline.core.data.tensor_store import Split, build_store_arrays
+from vae_pipeline.core.model.config import DataConfig, ModelConfig, TrainConfig
+from vae_pipeline.core.model.inference import active_units, decode_latents, encode_mean
 from vae_pipeline.core.model.train import fit
+from vae_pipeline.core.model.vae import build_model
+from vae_pipeline.core.stopwatch import Stopwatch
 
 
 def quality_row(name: str, q: SampleQuality) -> str:

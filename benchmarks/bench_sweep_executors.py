@@ -29,7 +29,6 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # vae_pipeline_tests is not installed; its helpers are reused here
 
-from vae_pipeline_tests.helpers import run_config  # noqa: E402
 from vae_pipeline_tests.e2e.servers import child_env  # noqa: E402
 from vae_pipeline_tests.e2e.team import (  # noqa: E402
     CELERY_RUN_CONFIG,
@@ -41,6 +40,7 @@ from vae_pipeline_tests.e2e.team import (  # noqa: E402
     started_team,
     team_root,
 )
+from vae_pipeline_tests.helpers import run_config  # noqa: E402
 from vae_pipeline_tests.idx_files import write_mnist_slice  # noqa: E402
 
 MODES = ("in_process", "multiprocess", "celery")

@@ -37,13 +37,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vae_pipeline.core.model.config import DataConfig, ModelConfig, TrainConfig
 from vae_pipeline.core.data.idx import RAW_FILES, read_raw_dataset
+from vae_pipeline.core.data.tensor_store import build_store_arrays
+from vae_pipeline.core.model.config import DataConfig, ModelConfig, TrainConfig
 from vae_pipeline.core.model.inference import iwae_nll
 from vae_pipeline.core.model.losses import elbo_terms
-from vae_pipeline.core.model.vae import VAE, build_model
-from vae_pipeline.core.data.tensor_store import build_store_arrays
 from vae_pipeline.core.model.train import fit
+from vae_pipeline.core.model.vae import VAE, build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Measured repetitions, each one epoch of each loop. Other processes' load comes and goes within

@@ -3,18 +3,9 @@
 import dagster as dg
 import torch
 
-from vae_pipeline.defs.assets import (
-    comparison,
-    evaluation,
-    ingest,
-    judge,
-    outputs,
-    promotion,
-    sweep,
-    training,
-)
-from vae_pipeline.defs.checks import DATA_CHECKS
+from vae_pipeline.defs.assets import comparison, evaluation, ingest, judge, outputs, promotion, sweep, training
 from vae_pipeline.defs.automation import automation_sensor
+from vae_pipeline.defs.checks import DATA_CHECKS
 from vae_pipeline.defs.jobs import vae_pipeline_job
 from vae_pipeline.defs.raw_files import RAW_FILES_ASSET, observe_raw_files
 from vae_pipeline.defs.resources import default_resources

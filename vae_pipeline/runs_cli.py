@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline.defs.stale_runs import CHECK_COMMAND, dead_runs, fail_dead_run
-from vae_pipeline.defs.tracking import TrackingError
+from vae_pipeline.defs.tracking.resource import TrackingError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,7 @@
 
 import dagster as dg
 
-from vae_pipeline.core.data import checks as data_checks
-from vae_pipeline.core.data import tensor_store
+from vae_pipeline.core.data import checks as data_checks, tensor_store
 from vae_pipeline.defs.assets.ingest import mnist_tensors
 from vae_pipeline.defs.storage.folder import PipelineStorage
 

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from vae_pipeline.core.data import raw_settle
-from vae_pipeline.core.data import raw_source
+from vae_pipeline.core.data import raw_settle, raw_source
 from vae_pipeline.defs.automation import default_sensor_status
 from vae_pipeline.defs.storage.folder import MNIST_DIR_ENV, PipelineStorage
 

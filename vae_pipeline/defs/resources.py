@@ -4,7 +4,7 @@ from typing import Any
 
 from vae_pipeline.defs.storage.folder import PipelineStorage, default_data_dir
 from vae_pipeline.defs.storage.io_manager import ManifestIOManager
-from vae_pipeline.defs.tracking import MlflowTracking
+from vae_pipeline.defs.tracking.resource import MlflowTracking
 
 
 def default_resources(data_dir: str | None = None, tracking_uri: str | None = None,

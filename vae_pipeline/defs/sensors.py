@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from vae_pipeline.defs.tracking import MlflowTracking
+from vae_pipeline.defs.tracking.resource import MlflowTracking
 
 
 @dg.run_failure_sensor(

@@ -20,7 +20,7 @@ from dagster._core.launcher import WorkerStatus
 from mlflow.exceptions import MlflowException
 
 from vae_pipeline.defs.resources import default_resources
-from vae_pipeline.defs.tracking import MlflowTracking, TrackingError
+from vae_pipeline.defs.tracking.resource import MlflowTracking, TrackingError
 from vae_pipeline.run_launcher import RunWorker, record_run_worker, run_worker_health, this_host
 
 CHECK_COMMAND = "python -m vae_pipeline.runs_cli fail-dead-runs"

@@ -17,6 +17,7 @@ import dagster as dg
 from dagster_celery import celery_executor
 from pydantic import ValidationError
 
+from vae_pipeline.core.evaluation.judge import JudgeConfig
 from vae_pipeline.core.model.config import (
     OFFICIAL_TRAIN_IMAGES,
     ComparisonConfig,
@@ -31,23 +32,18 @@ from vae_pipeline.core.model.config import (
     TrainConfig,
 )
 from vae_pipeline.core.model.device import resolve_device
-from vae_pipeline.core.evaluation.judge import JudgeConfig
 from vae_pipeline.core.model.memory import check_training_fits
 from vae_pipeline.core.selection.sweep import Variant
 from vae_pipeline.defs.assets.comparison import VersionComparisonConfig
 from vae_pipeline.defs.assets.evaluation import LatentEvaluationConfig
 from vae_pipeline.defs.assets.ingest import MnistRawConfig, MnistTensorsConfig
 from vae_pipeline.defs.assets.judge import DigitClassifierConfig
-from vae_pipeline.defs.assets.outputs import (
-    LatentEmbeddingsConfig,
-    PriorSamplesConfig,
-    ReconstructionReportConfig,
-)
+from vae_pipeline.defs.assets.outputs import LatentEmbeddingsConfig, PriorSamplesConfig, ReconstructionReportConfig
 from vae_pipeline.defs.assets.promotion import ChampionComparisonConfig
 from vae_pipeline.defs.assets.training import VaeTrainingConfig, variant_configs
 from vae_pipeline.defs.config_classes import to_core
+from vae_pipeline.defs.identity.versions import parse_version_ref
 from vae_pipeline.defs.stale_runs import start_run_worker
-from vae_pipeline.defs.versions import parse_version_ref
 
 PARTITION_TAG = "dagster/partition"  # the tag Dagster files a run's partition key under
 # The tags of a run over a range of partitions (a single-run backfill).

@@ -17,8 +17,7 @@ import pytest
 import tomlkit  # dg's own TOML reader, so this runs on Python 3.10 too (no tomllib)
 import yaml
 
-from vae_pipeline_tests.helpers import REPO_ROOT
-from vae_pipeline_tests.helpers import TINY_TRAINING
+from vae_pipeline_tests.helpers import REPO_ROOT, TINY_TRAINING
 from vae_pipeline_tests.variants import TINY_VARIANT
 
 # Each test starts `dg` processes (several seconds each): not the fast tier.

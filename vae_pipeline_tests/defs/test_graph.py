@@ -4,10 +4,9 @@ A sweep of several variants is tested once, on the team deployment (e2e/test_tea
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -155,7 +154,7 @@ class TestWholeGraph:
         assert swapped["baseline"]["prior"]["fd"] == pytest.approx(before["candidate"]["prior"]["fd"], rel=1e-6)
 
     def test_a_version_number_that_does_not_exist_names_the_ones_that_do(self, two_versions) -> None:
-        from vae_pipeline.defs.versions import VersionError, find_version
+        from vae_pipeline.defs.identity.versions import VersionError, find_version
 
         data_dir, _, _ = two_versions
         client = mlflow_client(tracking_uri(data_dir))

@@ -11,7 +11,7 @@ import pytest
 
 from vae_pipeline.core.data.tensor_store import load_tensor_store
 from vae_pipeline.definitions import defs
-from vae_pipeline.defs.lineage import LineageError, load_model_store
+from vae_pipeline.defs.identity.lineage import LineageError, load_model_store
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline_tests.helpers import TINY_TRAINING
@@ -76,7 +76,7 @@ def test_a_store_with_other_data_at_the_models_path_is_refused(tmp_path: Path, m
 
 
 def test_a_judge_trained_on_other_data_is_refused_by_name() -> None:
-    from vae_pipeline.defs.lineage import check_judge_data
+    from vae_pipeline.defs.identity.lineage import check_judge_data
 
     judge, tensors = {"data_version": "a" * 64}, {"content_sha256": "b" * 64}
     with pytest.raises(LineageError, match=r"judge was trained on data version aaaaaaaaaaaa, but this run's mnist_tensors is bbbbbbbbbbbb"):

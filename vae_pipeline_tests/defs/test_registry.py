@@ -18,15 +18,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from vae_pipeline.definitions import defs
-from vae_pipeline.defs.registry import CHAMPION_HISTORY, render_description
 from vae_pipeline.defs.resources import default_resources
-from vae_pipeline.defs.tracking import MlflowTracking
-from vae_pipeline_tests.helpers import (
-    TINY_EVALUATION,
-    TINY_GATES,
-    TINY_JUDGE,
-    TINY_TRAINING,
-)
+from vae_pipeline.defs.tracking.registry import CHAMPION_HISTORY, render_description
+from vae_pipeline.defs.tracking.resource import MlflowTracking
+from vae_pipeline_tests.helpers import TINY_EVALUATION, TINY_GATES, TINY_JUDGE, TINY_TRAINING
 from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline.defs.storage.folder import PipelineStorage
-from vae_pipeline.defs.tracking import MlflowTracking, TrackingError
+from vae_pipeline.defs.tracking.resource import MlflowTracking, TrackingError
 from vae_pipeline_tests.helpers import run_config
 from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline.defs.reuse import StoredResult, result_key
+from vae_pipeline.defs.storage.folder import PipelineStorage
 
 
 class Log:

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from vae_pipeline.core.model.checkpoint import CheckpointError
 from vae_pipeline.definitions import defs
-from vae_pipeline.defs.lineage import load_trained_model
+from vae_pipeline.defs.identity.lineage import load_trained_model
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline_tests.helpers import run_config

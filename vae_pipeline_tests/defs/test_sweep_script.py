@@ -17,8 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from vae_pipeline_tests.helpers import REPO_ROOT
-from vae_pipeline_tests.helpers import mlflow_client, run_config, tracking_uri
+from vae_pipeline_tests.helpers import REPO_ROOT, mlflow_client, run_config, tracking_uri
 
 pytestmark = pytest.mark.slow
 

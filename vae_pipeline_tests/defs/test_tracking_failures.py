@@ -160,9 +160,9 @@ class TestReallyFullDisk:
         from mlflow.entities import Metric
 
         from vae_pipeline.core.atomic import WriteError
-        from vae_pipeline.defs.mlflow_failures import mlflow_writes
         from vae_pipeline.defs.storage.folder import PipelineStorage
-        from vae_pipeline.defs.tracking import MlflowTracking
+        from vae_pipeline.defs.tracking.failures import mlflow_writes
+        from vae_pipeline.defs.tracking.resource import MlflowTracking
 
         data_dir = small_disk / "data"
         tracking = MlflowTracking(storage=PipelineStorage(data_dir=str(data_dir)))
@@ -190,8 +190,8 @@ class TestReallyFullDisk:
 
 class TestBoundedWaits:
     def test_mlflow_calls_wait_within_the_products_limits_and_the_environment_is_put_back(self, tmp_path: Path) -> None:
-        from vae_pipeline.defs.mlflow_failures import HTTP_LIMITS, mlflow_writes
-        from vae_pipeline.defs.tracking import MlflowTracking
+        from vae_pipeline.defs.tracking.failures import HTTP_LIMITS, mlflow_writes
+        from vae_pipeline.defs.tracking.resource import MlflowTracking
 
         tracking = MlflowTracking(storage=default_resources(str(tmp_path))["storage"], tracking_uri=tracking_uri(tmp_path))
         with mlflow_writes(tracking, "a test"):
@@ -203,10 +203,10 @@ class TestBoundedWaits:
     def test_a_server_that_does_not_answer_is_named_with_the_fix_and_the_users_limits_win(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        from vae_pipeline.defs.mlflow_failures import mlflow_writes
         from mlflow.tracking import MlflowClient
 
-        from vae_pipeline.defs.tracking import MlflowTracking, TrackingError
+        from vae_pipeline.defs.tracking.failures import mlflow_writes
+        from vae_pipeline.defs.tracking.resource import MlflowTracking, TrackingError
 
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the user's choice: no retries
         uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there

@@ -14,8 +14,7 @@ from vae_pipeline.definitions import defs
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline.defs.variants import SWEEP_ENV, VARIANTS, sweep_variants, variant_of
 from vae_pipeline.variants_cli import main
-from vae_pipeline_tests.helpers import REPO_ROOT
-from vae_pipeline_tests.helpers import run_config
+from vae_pipeline_tests.helpers import REPO_ROOT, run_config
 from vae_pipeline_tests.variants import TINY_VARIANT, add_variants
 
 # A grid of two latent sizes and two likelihoods, and one variant listed on its own.

@@ -22,7 +22,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vae_pipeline.core.atomic import atomic_path
-from vae_pipeline.core.model.config import MAX_CONV_CHANNELS, MAX_EPOCHS, MAX_WIDTH, OFFICIAL_TRAIN_IMAGES, ConfigError, check_count
+from vae_pipeline.core.model.config import (
+    MAX_CONV_CHANNELS,
+    MAX_EPOCHS,
+    MAX_WIDTH,
+    OFFICIAL_TRAIN_IMAGES,
+    ConfigError,
+    check_count,
+)
 
 N_CLASSES = 10  # MNIST and Fashion-MNIST both have ten classes
 IMAGE_SHAPE = (1, 28, 28)  # (channels, height, width) the judge reads

@@ -15,8 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from vae_pipeline.core.evaluation.arrays import ArrayLike, as_numpy
 from vae_pipeline.core.atomic import atomic_path
+from vae_pipeline.core.evaluation.arrays import ArrayLike, as_numpy
 
 DPI = 100  # figure sizes below are in pixels; inches are pixels / DPI
 PIXEL_ZOOM = 2  # each image pixel becomes a 2x2 block, so a 28x28 digit reads at 56 px

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vae_pipeline.core.data.tensor_store import TensorStore
 from vae_pipeline.core.evaluation.arrays import ArrayLike, as_numpy
 from vae_pipeline.core.model.inference import decoded_mean, encode_mean, recon_nll_at
 from vae_pipeline.core.model.losses import kl_divergence
 from vae_pipeline.core.model.vae import VAE
-from vae_pipeline.core.data.tensor_store import TensorStore
 
 
 def scoring_targets(model: VAE, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -22,11 +22,7 @@ from typing import Any, TextIO
 
 import torch
 
-from vae_pipeline.core.model.checkpoint import (
-    CHECKPOINT_FORMAT_VERSION,
-    load_checkpoint,
-    save_checkpoint,
-)
+from vae_pipeline.core.model.checkpoint import CHECKPOINT_FORMAT_VERSION, load_checkpoint, save_checkpoint
 from vae_pipeline.core.model.config import ConfigError, ModelConfig, TrainConfig, to_dict
 from vae_pipeline.core.model.inference import active_units
 from vae_pipeline.core.model.losses import beta_at_epoch, elbo_terms

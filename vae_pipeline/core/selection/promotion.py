@@ -26,13 +26,13 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
+from vae_pipeline.core.data.tensor_store import Split, TensorStore
 from vae_pipeline.core.evaluation.arrays import subsample_indices
+from vae_pipeline.core.evaluation.probes import linear_probe
+from vae_pipeline.core.evaluation.reports import scoring_targets
 from vae_pipeline.core.model.config import GateConfig
 from vae_pipeline.core.model.inference import active_units, encode_mean, iwae_nll
 from vae_pipeline.core.model.vae import VAE
-from vae_pipeline.core.evaluation.probes import linear_probe
-from vae_pipeline.core.evaluation.reports import scoring_targets
-from vae_pipeline.core.data.tensor_store import Split, TensorStore
 
 GATE_SPLIT = "val"  # selection happens on validation data; the test split is never used to pick a model
 

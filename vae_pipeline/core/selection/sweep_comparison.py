@@ -32,7 +32,6 @@ from matplotlib.figure import Figure
 from vae_pipeline.core.evaluation.plots import DPI, _save_png  # one way to write a figure: atomically, on an Agg canvas
 
 
-
 @dataclass(frozen=True)
 class VariantRow:
     """One variant's figures and how they were measured."""

@@ -16,15 +16,15 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 import torch
 
+from vae_pipeline.core.data.tensor_store import TensorStore
 from vae_pipeline.core.evaluation.arrays import ArrayLike
-from vae_pipeline.core.model.config import ComparisonConfig
-from vae_pipeline.core.model.inference import decode_latents
 from vae_pipeline.core.evaluation.judge import Judge
-from vae_pipeline.core.model.vae import VAE
-from vae_pipeline.core.selection.promotion import GateProtocol, gate_figures
 from vae_pipeline.core.evaluation.regularity import SampleQuality, sample_quality, sample_standard_normal
 from vae_pipeline.core.evaluation.reports import encode_splits, per_class_change, per_class_error_stats
-from vae_pipeline.core.data.tensor_store import TensorStore
+from vae_pipeline.core.model.config import ComparisonConfig
+from vae_pipeline.core.model.inference import decode_latents
+from vae_pipeline.core.model.vae import VAE
+from vae_pipeline.core.selection.promotion import GateProtocol, gate_figures
 
 REPORT_SPLIT = "test"
 

@@ -8,11 +8,11 @@ import pydantic
 import torch
 
 from vae_pipeline.core.evaluation import plots
+from vae_pipeline.core.evaluation.judge import judge_outputs, load_judge
+from vae_pipeline.core.evaluation.regularity import sample_standard_normal
 from vae_pipeline.core.model.config import ComparisonConfig, to_dict
 from vae_pipeline.core.model.device import resolve_device
 from vae_pipeline.core.model.inference import decode_latents
-from vae_pipeline.core.evaluation.judge import judge_outputs, load_judge
-from vae_pipeline.core.evaluation.regularity import sample_standard_normal
 from vae_pipeline.core.selection.version_comparison import (
     REPORT_SPLIT,
     comparison_markdown,
@@ -22,15 +22,15 @@ from vae_pipeline.core.selection.version_comparison import (
     per_class_markdown,
     version_figures,
 )
-from vae_pipeline.defs import versions
 from vae_pipeline.defs.assets.outputs import png_markdown
 from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
-from vae_pipeline.defs.lineage import check_judge_data, check_same_data, load_model_store
-from vae_pipeline.defs.mlflow_failures import mlflow_writes
-from vae_pipeline.defs.storage.folder import PipelineStorage, write_json_atomic
+from vae_pipeline.defs.identity import versions
+from vae_pipeline.defs.identity.lineage import check_judge_data, check_same_data, load_model_store
 from vae_pipeline.defs.reuse import StoredResult, result_key
-from vae_pipeline.defs.tracking import CHAMPION, MlflowTracking
+from vae_pipeline.defs.storage.folder import PipelineStorage, write_json_atomic
+from vae_pipeline.defs.tracking.failures import mlflow_writes
+from vae_pipeline.defs.tracking.resource import CHAMPION, MlflowTracking
 from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "promotion"

@@ -16,12 +16,11 @@ import numpy as np
 import pydantic
 import torch
 
-from vae_pipeline.core.evaluation import plots
-from vae_pipeline.core.evaluation import probes
-from vae_pipeline.core.evaluation import regularity
-from vae_pipeline.core.evaluation import smoothness
-from vae_pipeline.core.evaluation import tsne
+from vae_pipeline.core.data.tensor_store import TensorStore
+from vae_pipeline.core.evaluation import plots, probes, regularity, smoothness, tsne
 from vae_pipeline.core.evaluation.arrays import subsample_indices
+from vae_pipeline.core.evaluation.judge import Judge, judge_outputs, load_judge
+from vae_pipeline.core.evaluation.reports import scoring_targets
 from vae_pipeline.core.model.config import EvaluationConfig, to_dict
 from vae_pipeline.core.model.device import resolve_device
 from vae_pipeline.core.model.inference import (
@@ -32,23 +31,20 @@ from vae_pipeline.core.model.inference import (
     mean_kl_per_dimension,
     rate_distortion,
 )
-from vae_pipeline.core.evaluation.judge import Judge, judge_outputs, load_judge
 from vae_pipeline.core.model.vae import VAE
-from vae_pipeline.core.evaluation.reports import scoring_targets
 from vae_pipeline.core.stopwatch import Stopwatch
 from vae_pipeline.core.streams import stream
-from vae_pipeline.core.data.tensor_store import TensorStore
 from vae_pipeline.defs.assets.outputs import png_markdown, version_folder
 from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
-from vae_pipeline.defs.lineage import check_judge_data, check_same_data, load_model_store, load_trained_model
-from vae_pipeline.defs.mlflow_failures import mlflow_writes
-from vae_pipeline.defs.registry import record_evaluation
-from vae_pipeline.defs.storage.folder import PipelineStorage, write_json_atomic
+from vae_pipeline.defs.identity import versions
+from vae_pipeline.defs.identity.lineage import check_judge_data, check_same_data, load_model_store, load_trained_model
+from vae_pipeline.defs.identity.versions import JUST_TRAINED
 from vae_pipeline.defs.reuse import stored_result
-from vae_pipeline.defs import versions
-from vae_pipeline.defs.tracking import MlflowTracking
-from vae_pipeline.defs.versions import JUST_TRAINED
+from vae_pipeline.defs.storage.folder import PipelineStorage, write_json_atomic
+from vae_pipeline.defs.tracking.failures import mlflow_writes
+from vae_pipeline.defs.tracking.registry import record_evaluation
+from vae_pipeline.defs.tracking.resource import MlflowTracking
 from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "evaluation"

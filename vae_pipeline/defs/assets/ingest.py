@@ -6,9 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from vae_pipeline.core.data import raw_settle
-from vae_pipeline.core.data import raw_source
-from vae_pipeline.core.data import tensor_store
+from vae_pipeline.core.data import raw_settle, raw_source, tensor_store
 from vae_pipeline.core.model.config import DataConfig
 from vae_pipeline.defs.automation import as_soon_as_new_data
 from vae_pipeline.defs.raw_files import RAW_FILES_ASSET, raw_settle_seconds

@@ -6,17 +6,11 @@ from typing import Any
 
 import dagster as dg
 
+from vae_pipeline.core.data.tensor_store import load_tensor_store
+from vae_pipeline.core.evaluation.judge import JudgeConfig, accuracy, require_accuracy, save_judge, train_judge
 from vae_pipeline.core.model.checkpoint import file_sha256
 from vae_pipeline.core.model.config import to_dict
 from vae_pipeline.core.model.device import resolve_device
-from vae_pipeline.core.evaluation.judge import (
-    JudgeConfig,
-    accuracy,
-    require_accuracy,
-    save_judge,
-    train_judge,
-)
-from vae_pipeline.core.data.tensor_store import load_tensor_store
 from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.storage.folder import PipelineStorage, write_json_atomic

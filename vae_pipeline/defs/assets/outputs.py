@@ -10,26 +10,19 @@ import pyarrow as pa
 import torch
 from safetensors.torch import save_file
 
-from vae_pipeline.core.evaluation import latents
-from vae_pipeline.core.evaluation import plots
-from vae_pipeline.core.evaluation import reports
-from vae_pipeline.core.evaluation import smoothness
 from vae_pipeline.core.atomic import atomic_path
+from vae_pipeline.core.evaluation import latents, plots, reports, smoothness
 from vae_pipeline.core.model.config import EmbeddingsConfig, ReportConfig, SamplesConfig, to_dict
 from vae_pipeline.core.model.device import resolve_device
 from vae_pipeline.core.model.inference import decode_latents, encode_mean, sample_prior
 from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
-from vae_pipeline.defs.lineage import (
-    check_same_data,
-    load_model_store,
-    load_trained_model,
-)
-from vae_pipeline.defs.mlflow_failures import mlflow_writes
-from vae_pipeline.defs.storage.folder import PipelineStorage
+from vae_pipeline.defs.identity.lineage import check_same_data, load_model_store, load_trained_model
+from vae_pipeline.defs.identity.versions import versions_of_variant
 from vae_pipeline.defs.reuse import stored_result
-from vae_pipeline.defs.tracking import MlflowTracking
-from vae_pipeline.defs.versions import versions_of_variant
+from vae_pipeline.defs.storage.folder import PipelineStorage
+from vae_pipeline.defs.tracking.failures import mlflow_writes
+from vae_pipeline.defs.tracking.resource import MlflowTracking
 from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "outputs"

@@ -7,6 +7,7 @@ from typing import Any
 import dagster as dg
 from mlflow.tracking import MlflowClient
 
+from vae_pipeline.core.data.tensor_store import TensorStore
 from vae_pipeline.core.model.config import GateConfig
 from vae_pipeline.core.model.device import resolve_device
 from vae_pipeline.core.model.vae import VAE
@@ -22,25 +23,16 @@ from vae_pipeline.core.selection.promotion import (
     probe_gate,
     protocol_for,
 )
-from vae_pipeline.core.data.tensor_store import TensorStore
 from vae_pipeline.defs.assets.comparison import version_comparison
 from vae_pipeline.defs.automation import on_new_data, on_new_data_after_passed_gates
 from vae_pipeline.defs.config_classes import dagster_config, to_core
-from vae_pipeline.defs.lineage import (
-    check_same_data,
-    load_model_store,
-    load_trained_model,
-    stored_tensors,
-)
-from vae_pipeline.defs.mlflow_failures import mlflow_writes
-from vae_pipeline.defs.registry import record_gates, record_promotion
+from vae_pipeline.defs.identity.lineage import check_same_data, load_model_store, load_trained_model, stored_tensors
+from vae_pipeline.defs.identity.versions import registered
 from vae_pipeline.defs.storage.folder import PipelineStorage
-from vae_pipeline.defs.tracking import (
-    CHAMPION,
-    MlflowTracking,
-    version_by_alias,
-)
-from vae_pipeline.defs.versions import registered
+from vae_pipeline.defs.tracking.failures import mlflow_writes
+from vae_pipeline.defs.tracking.models import version_by_alias
+from vae_pipeline.defs.tracking.registry import record_gates, record_promotion
+from vae_pipeline.defs.tracking.resource import CHAMPION, MlflowTracking
 from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "promotion"

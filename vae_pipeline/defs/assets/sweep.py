@@ -12,11 +12,11 @@ from vae_pipeline.core.selection.sweep import Variant
 from vae_pipeline.core.selection.sweep_comparison import VariantRow, rate_distortion_png, sweep_table, table_markdown
 from vae_pipeline.defs.assets.outputs import png_markdown
 from vae_pipeline.defs.automation import on_new_data
-from vae_pipeline.defs.mlflow_failures import mlflow_writes
+from vae_pipeline.defs.reuse import StoredResult, result_key
 from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline.defs.storage.io_manager import ALL_PARTITIONS
-from vae_pipeline.defs.reuse import StoredResult, result_key
-from vae_pipeline.defs.tracking import MlflowTracking
+from vae_pipeline.defs.tracking.failures import mlflow_writes
+from vae_pipeline.defs.tracking.resource import MlflowTracking
 
 GROUP = "sweeps"
 SWEEP_CODE_VERSION = "3"

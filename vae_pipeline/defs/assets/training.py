@@ -12,38 +12,23 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
+from vae_pipeline.core.data.tensor_store import load_tensor_store
 from vae_pipeline.core.model.checkpoint import CheckpointError, file_sha256, load_checkpoint
-from vae_pipeline.core.model.config import (
-    ConfigError,
-    ModelConfig,
-    TrainConfig,
-    from_dict,
-    to_dict,
-)
+from vae_pipeline.core.model.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
 from vae_pipeline.core.model.device import resolve_device
 from vae_pipeline.core.model.memory import check_training_fits
+from vae_pipeline.core.model.train import Callback, fit
 from vae_pipeline.core.model.vae import build_model
 from vae_pipeline.core.selection.sweep import Variant
-from vae_pipeline.core.data.tensor_store import load_tensor_store
-from vae_pipeline.core.model.train import Callback, fit
 from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
-from vae_pipeline.defs.mlflow_failures import mlflow_writes, tracked_run
 from vae_pipeline.defs.progress import DagsterProgressLogger
-from vae_pipeline.defs.registry import describe_version
 from vae_pipeline.defs.storage.folder import PipelineStorage, write_json_atomic
-from vae_pipeline.defs.tracking import (
-    CHALLENGER,
-    MlflowEpochLogger,
-    MlflowTracking,
-    flat_params,
-    log_dataset,
-    log_encoder_model,
-    logged_model_of_run,
-    register_version,
-    run_exists,
-    version_of_run,
-)
+from vae_pipeline.defs.tracking.failures import mlflow_writes, tracked_run
+from vae_pipeline.defs.tracking.models import logged_model_of_run, register_version, version_of_run
+from vae_pipeline.defs.tracking.registry import describe_version
+from vae_pipeline.defs.tracking.resource import CHALLENGER, MlflowTracking, run_exists
+from vae_pipeline.defs.tracking.run_logging import MlflowEpochLogger, flat_params, log_dataset, log_encoder_model
 from vae_pipeline.defs.variants import VARIANT_FIELDS, VARIANTS, variant_of
 
 GROUP = "training"

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vae_pipeline.core.data import checks as data_checks
-from vae_pipeline.core.data import tensor_store
+from vae_pipeline.core.data import checks as data_checks, tensor_store
 from vae_pipeline.core.data.idx import DataError, read_raw_dataset
 from vae_pipeline_tests.idx_files import tiny_arrays, write_idx_set
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vae_pipeline.core.model.config import ConfigError
 from vae_pipeline.core.evaluation.judge import (
     Judge,
     JudgeConfig,
@@ -18,6 +17,7 @@ from vae_pipeline.core.evaluation.judge import (
     save_judge,
     train_judge,
 )
+from vae_pipeline.core.model.config import ConfigError
 
 TOY = JudgeConfig(epochs=4, batch_size=32, feature_dim=16, channels=(4, 8))
 

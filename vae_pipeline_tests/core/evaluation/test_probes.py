@@ -6,12 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vae_pipeline.core.evaluation.probes import (
-    knn_accuracy,
-    linear_probe,
-    pca_baseline,
-    pca_features,
-)
+from vae_pipeline.core.evaluation.probes import knn_accuracy, linear_probe, pca_baseline, pca_features
 from vae_pipeline_tests.synthetic import N_CLASSES, clusters
 
 SIDE = 28

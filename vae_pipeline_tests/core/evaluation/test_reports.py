@@ -6,15 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from vae_pipeline.core.data.tensor_store import Split, TensorStore
+from vae_pipeline.core.evaluation.reports import encode_splits, extreme_indices, per_class_error_stats
 from vae_pipeline.core.model.config import ModelConfig
 from vae_pipeline.core.model.losses import kl_divergence
 from vae_pipeline.core.model.vae import build_model
-from vae_pipeline.core.evaluation.reports import (
-    encode_splits,
-    extreme_indices,
-    per_class_error_stats,
-)
-from vae_pipeline.core.data.tensor_store import Split, TensorStore
 
 
 class TestPerClassErrorStats:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vae_pipeline.core.model.config import ModelConfig, TrainConfig
-from vae_pipeline.core.model.vae import build_model
 from vae_pipeline.core.model.checkpoint import CHECKPOINT_FORMAT_VERSION, load_checkpoint, load_model
+from vae_pipeline.core.model.config import ModelConfig, TrainConfig
 from vae_pipeline.core.model.train import fit
+from vae_pipeline.core.model.vae import build_model
 
 
 class _Payload:

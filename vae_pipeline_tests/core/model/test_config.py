@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from vae_pipeline.core.evaluation.judge import JudgeConfig
 from vae_pipeline.core.model.config import (
     ComparisonConfig,
     ConfigError,
@@ -16,7 +17,6 @@ from vae_pipeline.core.model.config import (
     from_dict,
     to_dict,
 )
-from vae_pipeline.core.evaluation.judge import JudgeConfig
 
 
 class TestValidation:

@@ -7,9 +7,8 @@ from functools import partial
 import pytest
 import torch
 
-from vae_pipeline.core.model import inference
-from vae_pipeline.core.model import losses
 from vae_pipeline.core.evaluation import smoothness
+from vae_pipeline.core.model import inference, losses
 from vae_pipeline.core.model.config import ModelConfig
 from vae_pipeline.core.model.vae import build_model
 

@@ -9,17 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from vae_pipeline.core.data.idx import read_raw_dataset
 from vae_pipeline.core.model.checkpoint import load_checkpoint, load_model, save_checkpoint
 from vae_pipeline.core.model.config import ConfigError, ModelConfig, TrainConfig
-from vae_pipeline.core.data.idx import read_raw_dataset
+from vae_pipeline.core.model.train import Callback, History, NonFiniteLossError, ProgressPrinter, fit
 from vae_pipeline.core.model.vae import build_model
-from vae_pipeline.core.model.train import (
-    Callback,
-    History,
-    NonFiniteLossError,
-    ProgressPrinter,
-    fit,
-)
 from vae_pipeline_tests.training import StopAfter, without_timing
 
 MODEL = ModelConfig(hidden_dims=(32,), latent_dim=4)

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from vae_pipeline.core.data.idx import read_raw_dataset
 from vae_pipeline.core.model.checkpoint import load_checkpoint
 from vae_pipeline.core.model.config import ModelConfig, TrainConfig
-from vae_pipeline.core.data.idx import read_raw_dataset
 from vae_pipeline.core.model.inference import iwae_nll
-from vae_pipeline.core.model.vae import build_model
 from vae_pipeline.core.model.train import Callback, fit
+from vae_pipeline.core.model.vae import build_model
 from vae_pipeline_tests.training import StopAfter, without_timing
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from vae_pipeline.core.data.tensor_store import Split, TensorStore, split_indices
 from vae_pipeline.core.model.config import GateConfig, ModelConfig
 from vae_pipeline.core.model.vae import build_model
 from vae_pipeline.core.selection.promotion import (
@@ -21,7 +22,6 @@ from vae_pipeline.core.selection.promotion import (
     probe_gate,
     protocol_for,
 )
-from vae_pipeline.core.data.tensor_store import Split, TensorStore, split_indices
 
 PROTOCOL = GateProtocol(dataset="mnist", data_version="abc", split="val", likelihood="bernoulli",
                         scoring="binarized, seed 0", iwae_k=1000, iwae_examples=2000, probe_rows=10000, seed=0)

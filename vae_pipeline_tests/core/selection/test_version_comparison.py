@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from vae_pipeline.core.model.config import ComparisonConfig, ConfigError, ModelConfig
-from vae_pipeline.core.evaluation.judge import Judge, JudgeConfig, judge_outputs
-from vae_pipeline.core.model.vae import build_model
-from vae_pipeline.core.evaluation.regularity import SampleQuality
 from vae_pipeline.core.data.tensor_store import Split, TensorStore
+from vae_pipeline.core.evaluation.judge import Judge, JudgeConfig, judge_outputs
+from vae_pipeline.core.evaluation.regularity import SampleQuality
+from vae_pipeline.core.model.config import ComparisonConfig, ConfigError, ModelConfig
+from vae_pipeline.core.model.vae import build_model
 from vae_pipeline.core.selection.version_comparison import (
     VersionFigures,
     comparison_markdown,

@@ -1,33 +1,21 @@
-"""MLflow: the tracking resource, the epoch logger callback and the model registry helpers."""
+"""The MLflow tracking resource: which store or server, activated with bounded HTTP limits, and its runs' URLs."""
 
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import mlflow
-import numpy as np
-import torch
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from vae_pipeline.core.model.checkpoint import load_model
-from vae_pipeline.core.model.inference import encode_mean
-from vae_pipeline.core.model.train import Callback
 from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline.defs.store_checks import check_tracking_uri
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
-SERVING_CODE = Path(__file__).resolve().parents[1] / "serving.py"
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DAGSTER_UI_ENV = "DAGSTER_WEBSERVER_URL"
 DEFAULT_DAGSTER_UI = "http://127.0.0.1:3000"
 
@@ -260,39 +248,6 @@ class MlflowTracking(dg.ConfigurableResource):
         return f"{base.rstrip('/')}/runs/{run_id}"
 
 
-class MlflowEpochLogger(Callback):
-    """Logs each epoch's history record as MLflow metrics of the active run (step = epoch)."""
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch)
-
-
-def flat_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:
-    return {f"{prefix}.{k}": str(v) for k, v in values.items()}
-
-
-def log_dataset(store_path: str, name: str, digest: str, context: str) -> None:
-    """Record the tensor store as the run's input dataset (source path and content hash)."""
-    source = LocalArtifactDatasetSource(Path(store_path).resolve().as_uri())
-    mlflow.log_input(MetaDataset(source=source, name=name, digest=digest[:32]), context=context)
-
-
-def log_encoder_model(checkpoint: Path, example: np.ndarray) -> Any:
-    """Log the encoder as an MLflow model from code (no pickle), with a signature and an input example."""
-    model = load_model(checkpoint, "cpu")
-    c, h, w = model.cfg.image_shape
-    mu, _ = encode_mean(model, torch.as_tensor(example).reshape(-1, c, h, w), device="cpu")
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(SERVING_CODE),
-        artifacts={"checkpoint": str(checkpoint)},
-        code_paths=[str(PACKAGE_DIR)],
-        signature=infer_signature(example, mu.numpy()),
-        input_example=example,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
-    )
-
-
 def run_exists(client: MlflowClient, run_id: str | None) -> bool:
     """Whether the tracking server holds this run (a lost store or another server does not)."""
     if run_id is None:
@@ -304,58 +259,3 @@ def run_exists(client: MlflowClient, run_id: str | None) -> bool:
             return False
         raise
     return True
-
-
-def logged_model_of_run(run_id: str) -> str | None:
-    """The URI of the encoder model a run already logged, or None: a re-run after a crash logs it once."""
-    found = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}' AND name = 'model'", output_format="list")
-    return f"models:/{found[0].model_id}" if found else None
-
-
-def version_of_run(client: MlflowClient, name: str, run_id: str) -> int | None:
-    """The registered version of `name` made from `run_id`, or None: registration is idempotent through this."""
-    try:
-        versions = client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'")
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-            return None
-        raise
-    return min(int(v.version) for v in versions) if versions else None
-
-
-def register_version(client: MlflowClient, name: str, model_uri: str, run_id: str) -> int:
-    """Register `model_uri` as a new version of `name` and wait until it is READY."""
-    version = mlflow.register_model(model_uri, name, await_registration_for=0)
-    wait_until_ready(client, name, str(version.version))
-    return int(version.version)
-
-
-def wait_until_ready(client: MlflowClient, name: str, version: str, timeout_s: float = 60) -> None:
-    """Block until a model version finished registering (file stores register asynchronously)."""
-    deadline = time.monotonic() + timeout_s
-    while client.get_model_version(name, version).status == "PENDING_REGISTRATION":
-        if time.monotonic() > deadline:
-            raise TrackingError(f"model {name} version {version} is still registering after {timeout_s}s.")
-        time.sleep(0.2)
-
-
-def download_checkpoint(client: MlflowClient, run_id: str, folder: Path) -> Path:
-    """The training checkpoint a run logged (artifact checkpoint/checkpoint.pt), downloaded into `folder`."""
-    try:
-        local = client.download_artifacts(run_id, "checkpoint/checkpoint.pt", str(folder))
-    except (MlflowException, OSError) as exc:
-        raise TrackingError(
-            f"MLflow run {run_id} has no checkpoint/checkpoint.pt artifact ({exc}); its model cannot be re-measured. "
-            "Re-materialize vae_model for that configuration, or move the champion alias by hand."
-        ) from exc
-    return Path(local)
-
-
-def version_by_alias(client: MlflowClient, name: str, alias: str) -> Any | None:
-    """The model version holding `alias`, or None when no version does."""
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise

@@ -25,7 +25,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from vae_pipeline.core.model.config import TrainConfig, to_dict
-from vae_pipeline.defs.tracking import TrackingError
+from vae_pipeline.defs.tracking.resource import TrackingError
 
 CHAMPION_HISTORY = "champion_history"  # registered-model tag: one line per move of the champion alias, newest first
 HISTORY_LENGTH = 20  # moves kept there; each version keeps its own `promotion` tag for good

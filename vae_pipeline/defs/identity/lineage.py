@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from vae_pipeline.core.data.tensor_store import TensorStore, load_tensor_store, store_path
 from vae_pipeline.core.model.checkpoint import load_model
 from vae_pipeline.core.model.vae import VAE
-from vae_pipeline.core.data.tensor_store import TensorStore, load_tensor_store, store_path
 from vae_pipeline.defs.storage.folder import PipelineStorage
 
 

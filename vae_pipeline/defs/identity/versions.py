@@ -23,9 +23,9 @@ from vae_pipeline.core.model.checkpoint import load_model
 from vae_pipeline.core.model.config import ConfigError
 from vae_pipeline.core.model.vae import VAE
 from vae_pipeline.core.selection.sweep import Variant
-from vae_pipeline.defs.lineage import LineageError, load_trained_model
+from vae_pipeline.defs.identity.lineage import LineageError, load_trained_model
 from vae_pipeline.defs.storage.folder import PipelineStorage
-from vae_pipeline.defs.tracking import download_checkpoint, version_by_alias
+from vae_pipeline.defs.tracking.models import download_checkpoint, version_by_alias
 
 JUST_TRAINED = ""  # the reference meaning "the version this run's vae_model produced"
 _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")

@@ -28,12 +28,12 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import local_file_uri_to_path
 
 from vae_pipeline.core.atomic import WriteError, write_error
-from vae_pipeline.defs.tracking import TrackingError, http_limits
+from vae_pipeline.defs.tracking.resource import TrackingError, http_limits
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun
 
-    from vae_pipeline.defs.tracking import MlflowTracking
+    from vae_pipeline.defs.tracking.resource import MlflowTracking
 
 # MLflow reads these on every request (a changed value gets its own HTTP session). Its defaults
 # (7 retries, backoff factor 2, 120 s a try) hold a step on a dead server for four minutes and more
