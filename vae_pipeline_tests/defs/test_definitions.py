@@ -97,3 +97,23 @@ def test_the_assets_that_train_share_a_pool_and_the_scripts_instance_retries_dea
         assert instance.run_retries_enabled and instance.run_retries_max_retries >= 1
         assert not instance.run_retries_retry_on_asset_or_op_failure
         assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
+
+
+def _readme_edges(text: str) -> set[tuple[str, str]]:
+    """The edges of the README's mermaid graph: `a --> b --> c` chains, `a --> b & c` fans."""
+    block = text.split("```mermaid", 1)[1].split("```", 1)[0]
+    edges: set[tuple[str, str]] = set()
+    for line in block.splitlines():
+        steps = [[name.strip() for name in step.split("&")] for step in line.split("-->")]
+        for sources, targets in zip(steps, steps[1:]):
+            edges.update((a, b) for a in sources for b in targets)
+    return edges
+
+
+def test_the_readme_graph_is_the_definitions_graph() -> None:
+    graph = defs.resolve_asset_graph()
+    actual = {(parent.to_user_string(), key.to_user_string()) for key in graph.get_all_asset_keys()
+              for parent in graph.get(key).parent_keys}
+    drawn = _readme_edges((REPO_ROOT / "README.md").read_text())
+    assert drawn == actual, f"missing from the README: {sorted(actual - drawn)}; not in the code: {sorted(drawn - actual)}"
+    assert _readme_edges("```mermaid\na --> b & c --> d\n```") == {("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")}
