@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -40,21 +41,21 @@ def ingest_and_embed(data_dir: Path, source_dir: Path, split_seed: int) -> dg.Ex
     return result
 
 
-def manifest(result: dg.ExecuteInProcessResult, node: str) -> dict:
+def manifest(result: dg.ExecuteInProcessResult, node: str) -> Any:
     return result.output_for_node(node)
 
 
 def test_the_older_model_is_evaluated_on_the_older_store(tmp_path: Path, mnist_slice_dir: Path) -> None:
     first = ingest_and_embed(tmp_path, mnist_slice_dir, split_seed=0)
     second = ingest_and_embed(tmp_path, mnist_slice_dir, split_seed=1)
-    store_a, store_b = manifest(first, "mnist_tensors")["path"], manifest(second, "mnist_tensors")["path"]
+    store_a, store_b = manifest(first, "mnist_tensors").path, manifest(second, "mnist_tensors").path
     assert store_a != store_b and (tmp_path / store_a).is_file() and (tmp_path / store_b).is_file()  # side by side
-    assert [manifest(r, "vae_model")["model_version"] for r in (first, second)] == [1, 2]
+    assert [manifest(r, "vae_model").model_version for r in (first, second)] == [1, 2]
 
     # The older model again (same config and split seed 0): reused, and its latents come from store A.
     again = ingest_and_embed(tmp_path, mnist_slice_dir, split_seed=0)
     vae = manifest(again, "vae_model")
-    assert vae["reused"] is True and vae["model_version"] == 1 and vae["store_path"] == store_a
+    assert vae.reused is True and vae.model_version == 1 and vae.store_path == store_a
     rows = pd.read_parquet(tmp_path / "latents" / "vae-mnist", filters=[("model_version", "==", 1)])
     val_ids = set(rows.loc[rows.split == "val", "image_id"])
     store = load_tensor_store(tmp_path / store_a)
@@ -67,10 +68,10 @@ def test_a_store_with_other_data_at_the_models_path_is_refused(tmp_path: Path, m
     first = ingest_and_embed(tmp_path, mnist_slice_dir, split_seed=0)
     second = ingest_and_embed(tmp_path, mnist_slice_dir, split_seed=1)
     vae = manifest(first, "vae_model")
-    shutil.copy(tmp_path / manifest(second, "mnist_tensors")["path"], tmp_path / vae["store_path"])  # another run's store
+    shutil.copy(tmp_path / manifest(second, "mnist_tensors").path, tmp_path / vae.store_path)  # another run's store
     with pytest.raises(LineageError, match=r"holds data version .* but vae .* was trained on"):
         load_model_store(PipelineStorage(data_dir=str(tmp_path)), vae)
-    (tmp_path / vae["store_path"]).unlink()
+    (tmp_path / vae.store_path).unlink()
     with pytest.raises(LineageError, match="which is gone; re-materialize mnist_tensors"):
         load_model_store(PipelineStorage(data_dir=str(tmp_path)), vae)
 
