@@ -228,7 +228,8 @@ _CONFIGS = (ModelConfig, TrainConfig)  # core configs: stored with to_dict, read
 
 def write_manifest(manifest: Any) -> dict[str, Any]:
     """The manifest as a JSON-able dict: its fields (nested ones too) and its type tag."""
-    return {TYPE_KEY: type(manifest).__name__, **{f.name: _plain(getattr(manifest, f.name)) for f in dataclasses.fields(manifest)}}
+    fields = {f.name: _plain(getattr(manifest, f.name)) for f in dataclasses.fields(manifest)}
+    return {TYPE_KEY: type(manifest).__name__, **fields}
 
 
 def _plain(value: Any) -> Any:

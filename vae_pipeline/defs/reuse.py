@@ -35,7 +35,7 @@ from typing import Any
 import dagster as dg
 
 from vae_pipeline.core.model.checkpoint import file_sha256
-from vae_pipeline.defs.manifests import read_manifest, write_manifest
+from vae_pipeline.defs.manifests import ManifestError, read_manifest, write_manifest
 from vae_pipeline.defs.storage.folder import PipelineStorage, write_json_atomic
 
 RECORD_FORMAT = 2  # 2: manifests written by defs/manifests.py, keyed on the derived code version
@@ -145,8 +145,13 @@ class StoredResult:
             if file_sha256(path) != digest:
                 log.warning(f"{path} changed since it was recorded (sha256 differs); computing the result again")
                 return None
+        try:
+            manifest = read_manifest(self.asset, stored["manifest"])
+        except ManifestError as exc:
+            log.warning(f"{self.record}: {exc}; computing the result again")
+            return None
         self.storage.publish(self.record)  # a record whose publication was cut short (nothing to do otherwise)
-        return Reused(manifest=read_manifest(self.asset, stored["manifest"]), metadata=dg.deserialize_value(stored["metadata"], dict))
+        return Reused(manifest=manifest, metadata=dg.deserialize_value(stored["metadata"], dict))
 
     def save(self, manifest: Any, metadata: Mapping[str, Any], files: list[Path]) -> None:
         """Record a finished result (after its files are written and logged); its files are published first."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -149,3 +150,12 @@ def test_the_assets_that_keep_results_declare_the_derived_code_version() -> None
     declared = {name: graph.get(dg.AssetKey(name)).code_version for name in expected}
     assert declared == {name: code_version(module) for name, module in expected.items()}
     assert all(len(version) == 16 for version in declared.values())
+
+
+def test_a_record_whose_manifest_does_not_read_is_recomputed(stored) -> None:
+    result, _ = stored
+    record = json.loads(result.record.read_text())
+    del record["manifest"]["grid_png"]
+    result.record.write_text(json.dumps(record))
+    log = Log()
+    assert result.load(log) is None and "missing fields ['grid_png']" in log.lines[0] and "computing the result again" in log.lines[0]

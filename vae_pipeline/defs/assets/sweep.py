@@ -98,7 +98,8 @@ def sweep_comparison(
         # What the reference decided (which rows compare, and why not), not which run asked: a variant's run and the
         # automation's unpartitioned run that judge the rows alike share one table and one MLflow run.
         context, storage, record=name, judged=table[["variant", "comparable", "note"]].to_dict("records"),
-        rows={v: [model.mlflow_run_id, embeddings.path, evaluation.metrics] for v, (model, embeddings, evaluation) in sorted(ready.items())},
+        rows={v: [model.mlflow_run_id, embeddings.path, evaluation.metrics]
+              for v, (model, embeddings, evaluation) in sorted(ready.items())},
     )
     if (reused := result.load(context.log)) is not None:
         context.log.info(f"the {len(ready)} evaluated variants are the ones compared before; reusing {parquet_path}")
@@ -116,9 +117,9 @@ def sweep_comparison(
         client.set_terminated(run.info.run_id)
     comparable = table[table["comparable"]]  # not a manifest: the sweep table
     context.log.info(f"{len(table)} variants, {len(comparable)} comparable:\n{table_markdown(table)}")
+    variants, comparable_variants = list(table["variant"]), list(comparable["variant"])  # not a manifest: the sweep table
     manifest = SweepComparison(path=storage.relative(parquet_path), picture=storage.relative(png_path), model_name=name,
-                               variants=list(table["variant"]), comparable=list(comparable["variant"]),  # not a manifest: the sweep table
-                               mlflow_run_id=run.info.run_id)
+                               variants=variants, comparable=comparable_variants, mlflow_run_id=run.info.run_id)
     metadata = {
         "variants": len(table),
         "comparable_variants": len(comparable),

@@ -46,7 +46,8 @@ def config_summary(model_config: ModelConfig, train_config: TrainConfig) -> str:
     headline = (f"{model_config.architecture} {'-'.join(map(str, widths))} z{model_config.latent_dim} "
                 f"beta{train_config.beta:g} {likelihood}, {train_config.epochs} epochs")
     defaults, train = to_dict(TrainConfig()), to_dict(train_config)
-    knobs = [f"{key} {train[key]}" for key, default in defaults.items() if key not in ("beta", "epochs") and train[key] != default]
+    knobs = [f"{key} {train[key]}" for key, default in defaults.items()
+             if key not in ("beta", "epochs") and train[key] != default]
     return ", ".join([headline, *knobs])
 
 
