@@ -244,12 +244,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def read_manifest(asset: str, stored: dict[str, Any], cls: type | None = None) -> Any:
-    """The manifest of `asset` from its stored dict (this release's, or the plain dict of the one before).
-
-    `cls` defaults to the asset's type; records beside an asset (a summary.json) pass theirs.
-    """
-    cls = cls or MANIFEST_TYPES[asset]
+def read_manifest(asset: str, stored: dict[str, Any]) -> Any:
+    """The manifest of `asset` (its type in MANIFEST_TYPES) from its stored dict: this release's, or the plain dict of the one before."""
+    if asset not in MANIFEST_TYPES:
+        raise ManifestError(f"{asset} has no manifest type; add its dataclass to MANIFEST_TYPES in defs/manifests.py.")
+    cls = MANIFEST_TYPES[asset]
     tag = stored.get(TYPE_KEY)
     if tag is not None and tag != cls.__name__:
         raise ManifestError(f"the stored manifest of {asset} is a {tag}, not a {cls.__name__}; re-materialize {asset}.")
@@ -268,11 +267,11 @@ def _build(cls: type, values: dict[str, Any], strict: bool) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if strict and unknown:
-        raise KeyError(f"unknown fields {sorted(unknown)}")
+        raise ValueError(f"unknown fields {sorted(unknown)}")
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise KeyError(f"missing fields {missing}")
+        raise ValueError(f"missing fields {missing}")
     return cls(**{name: _typed(hints[name], value, strict) for name, value in values.items() if name in names})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from vae_pipeline.core.data.tensor_store import load_tensor_store
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.identity.lineage import LineageError, load_model_store
+from vae_pipeline.defs.manifests import DigitClassifier, MnistTensors
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline_tests.helpers import TINY_TRAINING
@@ -79,7 +81,10 @@ def test_a_store_with_other_data_at_the_models_path_is_refused(tmp_path: Path, m
 def test_a_judge_trained_on_other_data_is_refused_by_name() -> None:
     from vae_pipeline.defs.identity.lineage import check_judge_data
 
-    judge, tensors = {"data_version": "a" * 64}, {"content_sha256": "b" * 64}
+    judge = DigitClassifier(checkpoint="models/judge/f/judge.safetensors", checkpoint_sha256="c", fingerprint="f",
+                            data_version="a" * 64, store_path="tensors/mnist/a.safetensors", test_accuracy=0.99, config={})
+    tensors = MnistTensors(path="tensors/mnist/b.safetensors", dataset="mnist", content_sha256="b" * 64, val_size=200,
+                           split_seed=0, counts={})
     with pytest.raises(LineageError, match=r"judge was trained on data version aaaaaaaaaaaa, but this run's mnist_tensors is bbbbbbbbbbbb"):
         check_judge_data(judge, tensors)
-    check_judge_data({"data_version": "b" * 64}, tensors)  # the same data: no error
+    check_judge_data(dataclasses.replace(judge, data_version="b" * 64), tensors)  # the same data: no error

@@ -82,3 +82,11 @@ def test_nested_manifests_and_optional_fields_round_trip() -> None:
 def test_every_asset_type_is_a_frozen_dataclass() -> None:
     for asset, cls in MANIFEST_TYPES.items():
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, asset
+
+
+def test_every_materializable_asset_has_a_manifest_type() -> None:
+    from vae_pipeline.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    materializable = {key.to_user_string() for key in graph.materializable_asset_keys}
+    assert materializable == set(MANIFEST_TYPES)
