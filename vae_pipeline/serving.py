@@ -16,7 +16,7 @@ class VaeEncoder(mlflow.pyfunc.PythonModel):
     """Encodes images (n, 784) float32 in [0, 1] to the posterior means mu (n, latent_dim)."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.model = load_model(context.artifacts["checkpoint"], "cpu")
+        self.model = load_model(context.artifacts["checkpoint"], "cpu")  # not a manifest: MLflow pyfunc artifacts
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: np.ndarray, params=None) -> np.ndarray:
         c, h, w = self.model.cfg.image_shape

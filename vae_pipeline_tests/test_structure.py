@@ -107,3 +107,59 @@ def test_every_module_says_what_it_is_for() -> None:
                if p.name != "__init__.py" or p.read_text().strip()
                if ast.get_docstring(ast.parse(p.read_text())) is None]
     assert not missing, f"modules without a docstring: {missing}"
+
+
+def _manifest_fields() -> set[str]:
+    """Every field name of the manifest types (defs/manifests.py), read from its source."""
+    tree = ast.parse((PACKAGE / "defs" / "manifests.py").read_text())
+    return {node.target.id for cls in tree.body if isinstance(cls, ast.ClassDef) for node in cls.body
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+
+
+NOT_A_MANIFEST = "# not a manifest"  # marks a line that indexes something else by a name a manifest field shares
+MLFLOW_MAPS = {"tags", "params"}  # run.data.tags, version.tags, run.data.params: MLflow's string maps, never a manifest
+
+
+def _manifest_keys(source: str, fields: set[str]) -> list[tuple[int, str]]:
+    """(line, key) of each manifest field name read as a string key: x["key"] (not an assignment) or x.get("key")."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+            key, receiver = node.slice, node.value
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+              and node.args):
+            key, receiver = node.args[0], node.func.value
+        else:
+            continue
+        name = receiver.id if isinstance(receiver, ast.Name) else receiver.attr if isinstance(receiver, ast.Attribute) else None
+        if (isinstance(key, ast.Constant) and key.value in fields and name not in MLFLOW_MAPS
+                and NOT_A_MANIFEST not in lines[node.lineno - 1]):
+            found.append((node.lineno, key.value))
+    return found
+
+
+def test_manifests_are_read_by_attribute_outside_manifests_py() -> None:
+    # core cannot see a manifest (it imports no defs: test_core_rooms_import_only_downwards); the rest reads attributes.
+    fields = _manifest_fields()
+    found = [f"{path.relative_to(PACKAGE)}:{line} [{key!r}]"
+             for path in sorted(PACKAGE.rglob("*.py")) if "core" not in path.relative_to(PACKAGE).parts[:1]
+             and path != PACKAGE / "defs" / "manifests.py"
+             for line, key in _manifest_keys(path.read_text(), fields)]
+    assert not found, "manifest fields read as string keys (use the manifest's attribute): " + ", ".join(found)
+
+
+def test_the_manifest_key_check_finds_string_keys() -> None:
+    # The check above must be able to fail: the reads of the release before typed manifests are found, an
+    # assignment of Dagster metadata and a marked line are not.
+    fields = _manifest_fields()
+    assert {"model_version", "fingerprint", "checkpoint_sha256", "mlflow_run_id"} <= fields
+    old = (
+        "def f(vae_model, mnist_tensors, metadata, tags):\n"
+        "    name, version = vae_model['model_name'], vae_model['model_version']\n"
+        "    sha = vae_model.get('checkpoint_sha256')\n"
+        "    metadata['model_version'] = version\n"
+        "    run.data.tags.get('fingerprint')\n"
+        f"    return rows['data_version']  {NOT_A_MANIFEST}: a DataFrame's column\n"
+    )
+    assert sorted(_manifest_keys(old, fields)) == [(2, "model_name"), (2, "model_version"), (3, "checkpoint_sha256")]

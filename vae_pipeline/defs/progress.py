@@ -18,10 +18,11 @@ class DagsterProgressLogger(Callback):
         self.epochs = 0
 
     def on_train_begin(self, info: dict[str, Any]) -> None:
-        self.epochs = info["train_config"]["epochs"]
+        self.epochs = info["train_config"]["epochs"]  # not a manifest: fit's on_train_begin info
         start = info.get("start_epoch", 0)
         where = f"resuming after epoch {start}" if start else "starting"
-        self.log.info(f"{self.role}: training {self.epochs} epochs on {info.get('device', '?')}, {where}")
+        device = info.get("device", "?")  # not a manifest: fit's on_train_begin info
+        self.log.info(f"{self.role}: training {self.epochs} epochs on {device}, {where}")
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         figures = "  ".join(f"{k}={metrics[k]:.4g}" for k in _SHOWN if k in metrics)

@@ -93,13 +93,14 @@ def _last_reported(instance: dg.DagsterInstance) -> str | None:
 def observe_raw_files(context: dg.SensorEvaluationContext, storage: PipelineStorage) -> dg.SensorResult | dg.SkipReason:
     directory = watched_raw_dir(storage)
     cursor = json.loads(context.cursor) if context.cursor else {}
-    known = cursor.get("directory") == str(directory) and "stat" in cursor
+    known = cursor.get("directory") == str(directory) and "stat" in cursor  # not a manifest: the sensor's cursor
     previous = _looks_from_cursor(cursor["stat"]) if known else {}
     now = time.time_ns()
     files = raw_settle.look(directory, previous, now)
     if known and not cursor.get("writing") and raw_settle.same_files(files, previous):
         return dg.SkipReason(f"{directory}: no file changed size or time since the last look")
-    last = cursor.get("data_version") or _last_reported(context.instance)  # a reset cursor does not repeat an event
+    # A reset cursor does not repeat an event.
+    last = cursor.get("data_version") or _last_reported(context.instance)  # not a manifest: the sensor's cursor
     settle = raw_settle_seconds()
     writing = raw_settle.unsettled(files, now, settle)
     if writing:

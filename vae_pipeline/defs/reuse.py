@@ -3,17 +3,31 @@
 Evaluation steps are deterministic given their inputs (seeded), so a result is identified by a key
 over everything it depends on: the asset's code version, its config, and the identities of what it
 read (checkpoint hashes, MLflow run ids, data versions, the judge). A record holds the key, the
-manifest, the Dagster metadata (serialized with Dagster's own serdes) and the sha256 of every file
-the result consists of. It is reused only when the key matches and every file is still the one
-recorded; otherwise the log says which is missing or changed and the step runs again. Records are
-written last and atomically, so a crash mid-step leaves no record and the next run recomputes.
+manifest (written with defs/manifests.py), the Dagster metadata (serialized with Dagster's own
+serdes) and the sha256 of every file the result consists of. It is reused only when the key matches
+and every file is still the one recorded; otherwise the log says which is missing or changed and the
+step runs again. Records are written last and atomically, so a crash mid-step leaves no record and
+the next run recomputes.
+
+The code version in the key is the asset's Dagster `code_version`, read from the step's context, and
+an asset that keeps results derives it with `code_version(__name__)`: a sha256 over the source text
+of the asset's module and of every vae_pipeline.core module it imports, transitively. A hand-bumped
+version string is forgotten one day, and then a stale result is served as new; a derived one
+changes with every edit of the code that computes the result (a comment included: recomputing once
+too often is cheap, serving a stale figure is not). It hashes file text (line endings normalized)
+under module names, never bytecode or paths, so every process and machine with the same code derives
+the same version, and Dagster's "code version changed" in the UI means what it says. defs/ modules
+other than the asset's own are not part of it: they wire, name and store, and compute no figure.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.util
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +35,73 @@ from typing import Any
 import dagster as dg
 
 from vae_pipeline.core.model.checkpoint import file_sha256
+from vae_pipeline.defs.manifests import ManifestError, read_manifest, write_manifest
 from vae_pipeline.defs.storage.folder import PipelineStorage, write_json_atomic
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: manifests written by defs/manifests.py, keyed on the derived code version
+CORE = "vae_pipeline.core"
+
+
+def read_source(module: str) -> str:
+    """The source text of `module`, line endings normalized (a checkout with CRLF derives the same version)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"no source for module {module}")
+    return Path(spec.origin).read_text(encoding="utf-8").replace("\r\n", "\n")
+
+
+def _core_imports(module: str, source: str) -> set[str]:
+    """The vae_pipeline.core modules (or packages) that `source` imports, at any depth of the file."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:  # `from . import x` (no module) is not used in core
+            base = node.module
+            if node.level:  # relative: from the importing module's package, one level up per extra dot
+                package = (module if _is_package(module) else module.rpartition(".")[0]).split(".")
+                base = ".".join([*package[: len(package) - node.level + 1], node.module])
+            # `from vae_pipeline.core.evaluation import plots` imports the module ...evaluation.plots
+            candidates = [f"{base}.{alias.name}" for alias in node.names if _exists(f"{base}.{alias.name}")] or [base]
+        else:
+            continue
+        found.update(name for name in candidates if name == CORE or name.startswith(CORE + "."))
+    return {name for name in found if _exists(name)}
+
+
+@functools.cache
+def _exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _is_package(module: str) -> bool:
+    spec = importlib.util.find_spec(module)
+    return spec is not None and spec.submodule_search_locations is not None
+
+
+def source_digest(module: str, read: Callable[[str], str] = read_source) -> str:
+    """A sha256 over the text of `module` and of every vae_pipeline.core module it imports, transitively."""
+    texts: dict[str, str] = {}
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        if name in texts:
+            continue
+        texts[name] = read(name)
+        pending.extend(_core_imports(name, texts[name]))
+    digest = hashlib.sha256()
+    for name in sorted(texts):
+        digest.update(f"{name}\n{len(texts[name])}\n{texts[name]}".encode())
+    return digest.hexdigest()
+
+
+@functools.cache
+def code_version(module: str) -> str:
+    """The code version of the assets in `module` (see the module docstring); computed once per process."""
+    return source_digest(module)[:16]
 
 
 def result_key(**parts: Any) -> str:
@@ -33,15 +111,16 @@ def result_key(**parts: Any) -> str:
 
 @dataclass(frozen=True)
 class Reused:
-    manifest: dict[str, Any]
+    manifest: Any  # the asset's manifest type (defs/manifests.py)
     metadata: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class StoredResult:
-    """Where one asset's result for one model version is recorded, and under which key."""
+    """Where one asset's result is recorded, and under which key."""
 
     storage: PipelineStorage
+    asset: str
     record: Path
     key: str
 
@@ -58,7 +137,7 @@ class StoredResult:
         if stored.get("format") != RECORD_FORMAT or stored.get("key") != self.key:
             log.info(f"{self.record} holds a result for other inputs, config or code; computing it again")
             return None
-        for name, digest in stored["files"].items():
+        for name, digest in stored["files"].items():  # not a manifest: the record, written by save
             path = self.storage.resolve(name)
             if not path.is_file():
                 log.warning(f"{path}, part of the recorded result, is missing; computing the result again")
@@ -66,17 +145,22 @@ class StoredResult:
             if file_sha256(path) != digest:
                 log.warning(f"{path} changed since it was recorded (sha256 differs); computing the result again")
                 return None
+        try:
+            manifest = read_manifest(self.asset, stored["manifest"])
+        except ManifestError as exc:
+            log.warning(f"{self.record}: {exc}; computing the result again")
+            return None
         self.storage.publish(self.record)  # a record whose publication was cut short (nothing to do otherwise)
-        return Reused(manifest=stored["manifest"], metadata=dg.deserialize_value(stored["metadata"], dict))
+        return Reused(manifest=manifest, metadata=dg.deserialize_value(stored["metadata"], dict))
 
-    def save(self, manifest: Mapping[str, Any], metadata: Mapping[str, Any], files: list[Path]) -> None:
+    def save(self, manifest: Any, metadata: Mapping[str, Any], files: list[Path]) -> None:
         """Record a finished result (after its files are written and logged); its files are published first."""
         for path in files:
             self.storage.publish(path)
         write_json_atomic(self.record, {
             "format": RECORD_FORMAT,
             "key": self.key,
-            "manifest": dict(manifest),
+            "manifest": write_manifest(manifest),
             "metadata": dg.serialize_value(_normalized(metadata)),
             "files": {self.storage.relative(p): file_sha256(p) for p in files},
         })
@@ -104,12 +188,28 @@ def _normalized(metadata: Mapping[str, Any]) -> dict[str, dg.MetadataValue]:
     return out
 
 
-def stored_result(storage: PipelineStorage, asset: str, model: Mapping[str, Any], **key_parts: Any) -> StoredResult:
-    """The record of `asset`'s result for one model version: results/<asset>/<model name>/v<NNNN>.json.
+def stored_result(
+    context: dg.AssetExecutionContext, storage: PipelineStorage, *, model: Any = None, record: str | None = None,
+    **key_parts: Any,
+) -> StoredResult:
+    """The kept result of this step's asset: results/<asset>/<record>.json, keyed on its code version and `key_parts`.
 
-    The key always holds the model's identity (checkpoint hash, MLflow run, data version): files are
-    logged to that run, so a model re-logged to another tracking server gets them logged again.
+    The code version is the one Dagster knows for the asset (derived with `code_version`); an asset
+    without one cannot keep results. With `model` (a TrainedModel or RegisteredVersion) the record is
+    <model name>/v<NNNN> and the key holds the model's identity (checkpoint hash, MLflow run, data
+    version): files are logged to that run, so a model re-logged to another tracking server gets them
+    logged again.
     """
-    record = storage.path("results", asset, model["model_name"], f"v{model['model_version']:04d}.json")
-    identity = {k: model.get(k) for k in ("checkpoint_sha256", "mlflow_run_id", "data_version", "fingerprint")}
-    return StoredResult(storage, record, result_key(asset=asset, model=identity, **key_parts))
+    key = context.asset_key
+    asset = key.path[-1]
+    code = context.assets_def.code_versions_by_key.get(key)
+    if code is None:
+        raise ValueError(f"{asset} keeps results but has no code_version; declare code_version=code_version(__name__).")
+    if model is not None:
+        record = record or f"{model.model_name}/v{model.model_version:04d}"
+        key_parts["model"] = {"checkpoint_sha256": model.checkpoint_sha256, "mlflow_run_id": model.mlflow_run_id,
+                              "data_version": model.data_version, "fingerprint": model.fingerprint}
+    if record is None:
+        raise ValueError(f"{asset}: name the record of its result (record=...) or the model it belongs to (model=...).")
+    path = storage.path("results", asset, *f"{record}.json".split("/"))
+    return StoredResult(storage, asset, path, result_key(asset=asset, code=code, **key_parts))

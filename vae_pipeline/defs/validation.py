@@ -73,7 +73,7 @@ CONFIG_CHECKS: dict[str, tuple[type[dg.Config], Callable[[Any], object]]] = {
 
 def _asset_config(run_config: Mapping[str, Any], asset: str) -> Any:
     cls = CONFIG_CHECKS[asset][0]
-    values = ((run_config.get("ops") or {}).get(asset) or {}).get("config") or {}
+    values = ((run_config.get("ops") or {}).get(asset) or {}).get("config") or {}  # not a manifest: a run config
     try:
         return cls(**values)
     except ValidationError as exc:  # a wrong type; the launch schema usually catches it first

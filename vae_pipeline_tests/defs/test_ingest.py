@@ -14,12 +14,13 @@ from vae_pipeline.core.data import tensor_store
 from vae_pipeline.core.data.idx import DataError
 from vae_pipeline.defs.assets.ingest import mnist_raw, mnist_tensors
 from vae_pipeline.defs.checks import DATA_CHECKS
+from vae_pipeline.defs.manifests import MnistTensors
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline_tests.idx_files import write_bomb_set
 
 
 @dg.asset
-def after_tensors(mnist_tensors: dict) -> None:
+def after_tensors(mnist_tensors: MnistTensors) -> None:
     """Stands for the training asset: it runs only if no blocking check on the store failed."""
 
 

@@ -7,6 +7,7 @@ and materializes the whole graph again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -20,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from vae_pipeline.core.model.checkpoint import CheckpointError
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.identity.lineage import load_trained_model
+from vae_pipeline.defs.manifests import read_manifest
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline_tests.helpers import run_config
@@ -185,9 +187,9 @@ class TestTheDataFolderCanMove:
 class TestWrongKindOfCheckpoint:
     def test_an_autoencoder_checkpoint_where_the_vae_belongs_is_refused_by_name(self, base: Path) -> None:
         storage = PipelineStorage(data_dir=str(base))
-        summary = json.loads((vae_folder(base) / "summary.json").read_text())
+        summary = read_manifest("vae_model", json.loads((vae_folder(base) / "summary.json").read_text()))
         (ae_folder,) = (base / "models" / "autoencoder").iterdir()
-        wrong = {**summary, "checkpoint": storage.relative(ae_folder / "checkpoint.pt")}
+        wrong = dataclasses.replace(summary, checkpoint=storage.relative(ae_folder / "checkpoint.pt"))
         with pytest.raises(CheckpointError, match=r"holds a plain auto-encoder, but a VAE is needed"):
             load_trained_model(storage, wrong, "cpu")
 

@@ -40,7 +40,8 @@ from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.identity import versions
 from vae_pipeline.defs.identity.lineage import check_judge_data, check_same_data, load_model_store, load_trained_model
 from vae_pipeline.defs.identity.versions import JUST_TRAINED
-from vae_pipeline.defs.reuse import stored_result
+from vae_pipeline.defs.manifests import DigitClassifier, LatentEvaluation, MnistTensors, TrainedModel, write_manifest
+from vae_pipeline.defs.reuse import code_version, stored_result
 from vae_pipeline.defs.storage.folder import PipelineStorage, write_json_atomic
 from vae_pipeline.defs.tracking.failures import mlflow_writes
 from vae_pipeline.defs.tracking.registry import record_evaluation
@@ -48,7 +49,7 @@ from vae_pipeline.defs.tracking.resource import MlflowTracking
 from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "evaluation"
-EVALUATION_CODE_VERSION = "5"  # bump when a change should re-evaluate models whose inputs and config are unchanged
+CODE_VERSION = code_version(__name__)  # derived from this file and the core code it imports (defs/reuse.py)
 SHOWN_SAMPLES = 64  # decoded draws per panel of the side-by-side picture (an 8x8 mosaic)
 MANIFOLD_SIDE = 20  # the 2-D manifold picture decodes a 20 x 20 grid of Gaussian quantiles
 
@@ -140,17 +141,17 @@ def _two_d_pictures(vae: VAE, ae: VAE, codes: dict, store: TensorStore, device: 
     return {"manifold_2d": manifold, "codes_2d": scatter}
 
 
-@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=EVALUATION_CODE_VERSION, automation_condition=on_new_data(),
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=CODE_VERSION, automation_condition=on_new_data(),
           kinds={"pytorch", "scikitlearn", "mlflow"})
 def latent_evaluation(
     context: dg.AssetExecutionContext,
     config: LatentEvaluationConfig,
     storage: PipelineStorage,
     mlflow_tracking: MlflowTracking,
-    mnist_tensors: dict,
-    vae_model: dict,
-    autoencoder_baseline: dict,
-    digit_classifier: dict,
+    mnist_tensors: MnistTensors,
+    vae_model: TrainedModel,
+    autoencoder_baseline: TrainedModel,
+    digit_classifier: DigitClassifier,
 ) -> dg.MaterializeResult:
     """Is the VAE's latent space more regular than the AE's (judged by an independent classifier)? Plus probes, t-SNE, IWAE NLL."""
     config_ref, config = config.model_version, to_core(config, EvaluationConfig)
@@ -161,17 +162,18 @@ def latent_evaluation(
     client = mlflow_tracking.activate()
     target = versions.resolve(client, storage, vae_model, config_ref, device)
     if target is None:
-        raise versions.VersionError(f"no version of {vae_model['model_name']} holds alias {config_ref!r}; evaluate a "
+        raise versions.VersionError(f"no version of {vae_model.model_name} holds alias {config_ref!r}; evaluate a "
                                     "version number or an alias that is set, or leave model_version empty.")
-    versions.check_trained_on(target, mnist_tensors["content_sha256"], "this run's mnist_tensors (and its judge and auto-encoder)")
+    versions.check_trained_on(target, mnist_tensors.content_sha256, "this run's mnist_tensors (and its judge and auto-encoder)")
     evaluated = target.record
     if evaluated is not vae_model:
-        context.log.info(f"evaluating {evaluated['model_name']} {target.label} (model_version={config_ref!r}), "
-                         f"not the version this run trained (v{vae_model['model_version']})")
+        context.log.info(f"evaluating {evaluated.model_name} {target.label} (model_version={config_ref!r}), "
+                         f"not the version this run trained (v{vae_model.model_version})")
+    ae = autoencoder_baseline
     result = stored_result(
-        storage, "latent_evaluation", evaluated, code=EVALUATION_CODE_VERSION, config=to_dict(config),
-        autoencoder={k: autoencoder_baseline[k] for k in ("fingerprint", "checkpoint_sha256", "mlflow_run_id")},
-        judge=digit_classifier["fingerprint"],
+        context, storage, model=evaluated, config=to_dict(config),
+        autoencoder={"fingerprint": ae.fingerprint, "checkpoint_sha256": ae.checkpoint_sha256, "mlflow_run_id": ae.mlflow_run_id},
+        judge=digit_classifier.fingerprint,
     )
     if (reused := result.load(context.log)) is not None:
         context.log.info(f"{target.label}'s evaluation: models, judge, config and code unchanged; reusing it")
@@ -181,7 +183,7 @@ def latent_evaluation(
         store = load_model_store(storage, vae_model)
         folder = version_folder(storage, "evaluation", evaluated)
         models = {"vae": target.model, "ae": load_trained_model(storage, autoencoder_baseline, device)}
-        judge, record = load_judge(storage.resolve(digit_classifier["checkpoint"]), device)
+        judge, record = load_judge(storage.resolve(digit_classifier.checkpoint), device)
     train, test = store["train"], store["test"]
     with watch("encode"):
         codes = {name: _encode(model, store, device) for name, model in models.items()}
@@ -244,24 +246,24 @@ def latent_evaluation(
         **{f"eval_{stage}_seconds": seconds for stage, seconds in watch.seconds.items()},
         "eval_seconds": watch.total(),  # the stages above; the step adds MLflow logging and the stored copies
     }
-    report = {
-        "metrics": metrics,
-        "verdict": verdict,
-        "regular": regular,
-        "regularity": {name: fig.as_dict() for name, fig in figures.items()},
-        "kl_per_dimension": kl_dims.tolist(),
-        "latent_dim": models["vae"].latent_dim,
-        "config": to_dict(config),
-        "protocol": {"split": "test", "judge": digit_classifier["fingerprint"], "data_version": evaluated["data_version"]},
-        "model_name": evaluated["model_name"],
-        "model_version": evaluated["model_version"],
-        "mlflow_run_id": evaluated["mlflow_run_id"],
-    }
+    report = LatentEvaluation(
+        metrics=metrics,
+        verdict=verdict,
+        regular=regular,
+        regularity={name: fig.as_dict() for name, fig in figures.items()},
+        kl_per_dimension=kl_dims.tolist(),
+        latent_dim=models["vae"].latent_dim,
+        config=to_dict(config),
+        protocol={"split": "test", "judge": digit_classifier.fingerprint, "data_version": evaluated.data_version},
+        model_name=evaluated.model_name,
+        model_version=evaluated.model_version,
+        mlflow_run_id=evaluated.mlflow_run_id,
+    )
     metrics_path = folder / "metrics.json"
-    write_json_atomic(metrics_path, report)
-    run_id = evaluated["mlflow_run_id"]
+    write_json_atomic(metrics_path, write_manifest(report))
+    run_id = evaluated.mlflow_run_id
     pngs = [metrics_path, samples_png, *(extras["tsne_png"] for _, extras in descriptive.values()), *pictures.values()]
-    with mlflow_writes(mlflow_tracking, f"evaluation of {evaluated['model_name']} {target.label}", run_id=run_id):
+    with mlflow_writes(mlflow_tracking, f"evaluation of {evaluated.model_name} {target.label}", run_id=run_id):
         client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
         record_evaluation(client, report)  # headline figures and their protocol on the registered version
         for path in pngs:
@@ -285,7 +287,7 @@ def latent_evaluation(
         "tsne_autoencoder": png_markdown(descriptive["ae"][1]["tsne_png"], "t-SNE of auto-encoder codes"),
         **{name: png_markdown(path, name) for name, path in pictures.items()},
         "metrics_json": dg.MetadataValue.path(storage.url(metrics_path)),
-        "model_version": evaluated["model_version"],
+        "model_version": evaluated.model_version,
     }
     result.save(report, metadata, pngs)
     return dg.MaterializeResult(value=report, metadata={**metadata, "reused": False})

@@ -9,6 +9,7 @@ import dagster as dg
 from vae_pipeline.core.data import raw_settle, raw_source, tensor_store
 from vae_pipeline.core.model.config import DataConfig
 from vae_pipeline.defs.automation import as_soon_as_new_data
+from vae_pipeline.defs.manifests import MnistRaw, MnistTensors, RawFile
 from vae_pipeline.defs.raw_files import RAW_FILES_ASSET, raw_settle_seconds
 from vae_pipeline.defs.storage.folder import MNIST_DIR_ENV, PipelineStorage
 
@@ -61,17 +62,17 @@ def mnist_raw(context: dg.AssetExecutionContext, config: MnistRawConfig, storage
         directory, config.dataset, verify_md5=config.verify_md5, source=source, settle_seconds=raw_settle_seconds()
     )
     files = {
-        key: {"path": _record(storage, f.path), "md5": f.md5, "content_md5": f.content_md5, "verified": f.verified}
+        key: RawFile(path=_record(storage, f.path), md5=f.md5, content_md5=f.content_md5, verified=f.verified)
         for key, f in raw.files.items()
     }
-    manifest = {
-        "dataset": raw.dataset,
-        "source": source,
-        "directory": _record(storage, raw.directory),
-        "verify_md5": config.verify_md5,
-        "files": files,
-        "counts": raw.counts(),
-    }
+    manifest = MnistRaw(
+        dataset=raw.dataset,
+        source=source,
+        directory=_record(storage, raw.directory),
+        verify_md5=config.verify_md5,
+        files=files,
+        counts=raw.counts(),
+    )
     if raw.directory.resolve().is_relative_to(storage.root):  # downloaded into the data folder: mnist_tensors may run elsewhere
         for f in raw.files.values():
             storage.publish(f.path)
@@ -83,8 +84,8 @@ def mnist_raw(context: dg.AssetExecutionContext, config: MnistRawConfig, storage
             "dataset": raw.dataset,
             "source": source,
             "directory": dg.MetadataValue.path(str(raw.directory.resolve())),
-            "md5": dg.MetadataValue.json({k: v["md5"] for k, v in files.items()}),
-            "all_official": all(f["verified"] for f in files.values()),
+            "md5": dg.MetadataValue.json({k: v.md5 for k, v in files.items()}),
+            "all_official": all(f.verified for f in files.values()),
             "train_count": raw.counts()["train"],
             "test_count": raw.counts()["test"],
         },
@@ -93,7 +94,7 @@ def mnist_raw(context: dg.AssetExecutionContext, config: MnistRawConfig, storage
 
 @dg.asset(group_name=GROUP, code_version=INGEST_CODE_VERSION, automation_condition=as_soon_as_new_data())
 def mnist_tensors(
-    context: dg.AssetExecutionContext, config: MnistTensorsConfig, storage: PipelineStorage, mnist_raw: dict
+    context: dg.AssetExecutionContext, config: MnistTensorsConfig, storage: PipelineStorage, mnist_raw: MnistRaw
 ) -> dg.MaterializeResult:
     """Normalized images (uint8 x 1/255), labels and a seeded train/val/test split, as safetensors.
 
@@ -101,10 +102,10 @@ def mnist_tensors(
     of replacing the store that earlier models were trained on.
     """
     start = time.perf_counter()
-    dataset = mnist_raw["dataset"]
+    dataset = mnist_raw.dataset
     DataConfig(dataset=dataset, val_size=config.val_size, split_seed=config.split_seed)
-    directory = _recorded(storage, mnist_raw["directory"])
-    raw = raw_settle.read_raw_files(directory, dataset, verify_md5=mnist_raw["verify_md5"], settle_seconds=raw_settle_seconds())
+    directory = _recorded(storage, mnist_raw.directory)
+    raw = raw_settle.read_raw_files(directory, dataset, verify_md5=mnist_raw.verify_md5, settle_seconds=raw_settle_seconds())
     arrays = tensor_store.build_store_arrays(raw, config.val_size, config.split_seed)
     metadata = tensor_store.store_metadata(raw, config.val_size, config.split_seed)
     stored = tensor_store.put_tensor_store(storage.folder("tensors"), arrays, metadata)
@@ -118,8 +119,8 @@ def mnist_tensors(
         f"{stored.action} {path} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.2f}s"
     )
     return dg.MaterializeResult(
-        value={"path": storage.relative(path), "dataset": dataset, "content_sha256": digest, "val_size": config.val_size,
-               "split_seed": config.split_seed, "counts": {k: v["count"] for k, v in summary.items()}},
+        value=MnistTensors(path=storage.relative(path), dataset=dataset, content_sha256=digest, val_size=config.val_size,
+                           split_seed=config.split_seed, counts={k: v["count"] for k, v in summary.items()}),
         data_version=dg.DataVersion(digest),
         metadata={
             "path": dg.MetadataValue.path(storage.url(path)),

@@ -3,6 +3,7 @@
 import base64
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -19,17 +20,15 @@ from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.identity.lineage import check_same_data, load_model_store, load_trained_model
 from vae_pipeline.defs.identity.versions import versions_of_variant
-from vae_pipeline.defs.reuse import stored_result
+from vae_pipeline.defs.manifests import LatentEmbeddings, MnistTensors, PriorSamples, ReconstructionReport, TrainedModel
+from vae_pipeline.defs.reuse import code_version, stored_result
 from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline.defs.tracking.failures import mlflow_writes
 from vae_pipeline.defs.tracking.resource import MlflowTracking
 from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "outputs"
-# Bump an asset's code version when a change to its code should recompute results kept for unchanged inputs.
-EMBEDDINGS_CODE_VERSION = "2"
-SAMPLES_CODE_VERSION = "2"
-REPORT_CODE_VERSION = "3"  # 3: "previous version" is the same variant's
+CODE_VERSION = code_version(__name__)  # derived from this file and the core code it imports (defs/reuse.py)
 
 
 def png_markdown(path: Path, alt: str) -> dg.MetadataValue:
@@ -38,13 +37,13 @@ def png_markdown(path: Path, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")
 
 
-def version_folder(storage: PipelineStorage, kind: str, vae_model: dict) -> Path:
-    """<data>/<kind>/<model name>/v<version>/: each model version keeps its own outputs."""
-    return storage.folder(kind, vae_model["model_name"], f"v{vae_model['model_version']:04d}")
+def version_folder(storage: PipelineStorage, kind: str, vae_model: Any) -> Path:
+    """<data>/<kind>/<model name>/v<version>/: each model version keeps its own outputs (a TrainedModel or RegisteredVersion)."""
+    return storage.folder(kind, vae_model.model_name, f"v{vae_model.model_version:04d}")
 
 
-def latents_folder(storage: PipelineStorage, vae_model: dict) -> Path:
-    return storage.folder("latents", vae_model["model_name"])
+def latents_folder(storage: PipelineStorage, vae_model: TrainedModel) -> Path:
+    return storage.folder("latents", vae_model.model_name)
 
 
 def log_artifacts(mlflow_tracking: MlflowTracking, run_id: str, paths: list[Path], artifact_path: str) -> None:
@@ -57,43 +56,43 @@ def log_artifacts(mlflow_tracking: MlflowTracking, run_id: str, paths: list[Path
 LatentEmbeddingsConfig = dagster_config("LatentEmbeddingsConfig", "How the latents table scores each image.", EmbeddingsConfig, module=__name__)
 
 
-@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=EMBEDDINGS_CODE_VERSION, automation_condition=on_new_data(), kinds={"parquet"})
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=CODE_VERSION, automation_condition=on_new_data(), kinds={"parquet"})
 def latent_embeddings(
     context: dg.AssetExecutionContext,
     config: LatentEmbeddingsConfig,
     storage: PipelineStorage,
-    mnist_tensors: dict,
-    vae_model: dict,
+    mnist_tensors: MnistTensors,
+    vae_model: TrainedModel,
 ) -> dg.MaterializeResult:
     """One parquet row per image (train, val, test): mu, logvar, reconstruction NLL and KL, model version."""
     config = to_core(config, EmbeddingsConfig)
     check_same_data(vae_model, mnist_tensors)
-    result = stored_result(storage, "latent_embeddings", vae_model, code=EMBEDDINGS_CODE_VERSION, config=to_dict(config))
+    result = stored_result(context, storage, model=vae_model, config=to_dict(config))
     if (reused := result.load(context.log)) is not None:
-        context.log.info(f"v{vae_model['model_version']}'s latents are unchanged since they were written; reusing them")
+        context.log.info(f"v{vae_model.model_version}'s latents are unchanged since they were written; reusing them")
         return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
     device = resolve_device("auto")
     model = load_trained_model(storage, vae_model, device)
     store = load_model_store(storage, vae_model)
     encoded = reports.encode_splits(model, store, device, seed=config.seed)
     footer = {
-        "model_name": vae_model["model_name"],
-        "model_version": str(vae_model["model_version"]),
-        "mlflow_run_id": vae_model["mlflow_run_id"],
-        "data_version": mnist_tensors["content_sha256"],
+        "model_name": vae_model.model_name,
+        "model_version": str(vae_model.model_version),
+        "mlflow_run_id": vae_model.mlflow_run_id,
+        "data_version": mnist_tensors.content_sha256,
         "scoring_seed": str(config.seed),
     }
-    table = latents.latent_table(encoded, vae_model["model_version"], footer)
+    table = latents.latent_table(encoded, vae_model.model_version, footer)
     folder = latents_folder(storage, vae_model)
-    path = latents.write_parquet(table, folder / f"v{vae_model['model_version']:04d}.parquet")
+    path = latents.write_parquet(table, folder / f"v{vae_model.model_version:04d}.parquet")
     counts = {name: len(split["label"]) for name, split in encoded.items()}
     context.log.info(f"wrote {table.num_rows} rows to {path}")
-    manifest = {"path": storage.relative(path), "folder": storage.relative(folder), "model_name": vae_model["model_name"],
-                "model_version": vae_model["model_version"], "rows": counts}
+    manifest = LatentEmbeddings(path=storage.relative(path), folder=storage.relative(folder), model_name=vae_model.model_name,
+                                model_version=vae_model.model_version, rows=counts)
     metadata = {
         "path": dg.MetadataValue.path(storage.url(path)),
         "folder": dg.MetadataValue.path(storage.url(folder)),
-        "model_version": vae_model["model_version"],
+        "model_version": vae_model.model_version,
         "rows": table.num_rows,
         "rows_per_split": dg.MetadataValue.json(counts),
         "mean_test_recon_nll_at_mu": float(encoded["test"]["recon_nll_at_mu"].mean()),
@@ -103,7 +102,7 @@ def latent_embeddings(
         ),
         "query": dg.MetadataValue.md(
             f"```python\npd.read_parquet({storage.url(folder)!r}, filters=[('model_version', '==', "
-            f"{vae_model['model_version']})])\n```"
+            f"{vae_model.model_version})])\n```"
         ),
     }
     result.save(manifest, metadata, [path])
@@ -113,21 +112,21 @@ def latent_embeddings(
 PriorSamplesConfig = dagster_config("PriorSamplesConfig", "What the prior-samples asset draws and decodes.", SamplesConfig, module=__name__)
 
 
-@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=SAMPLES_CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch"})
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch"})
 def prior_samples(
     context: dg.AssetExecutionContext,
     config: PriorSamplesConfig,
     storage: PipelineStorage,
     mlflow_tracking: MlflowTracking,
-    mnist_tensors: dict,
-    vae_model: dict,
+    mnist_tensors: MnistTensors,
+    vae_model: TrainedModel,
 ) -> dg.MaterializeResult:
     """Images decoded from z ~ N(0, I) (a tensor file and a PNG grid) and interpolations between test digits."""
     config = to_core(config, SamplesConfig)
     check_same_data(vae_model, mnist_tensors)
-    result = stored_result(storage, "prior_samples", vae_model, code=SAMPLES_CODE_VERSION, config=to_dict(config))
+    result = stored_result(context, storage, model=vae_model, config=to_dict(config))
     if (reused := result.load(context.log)) is not None:
-        context.log.info(f"v{vae_model['model_version']}'s samples are unchanged since they were drawn; reusing them")
+        context.log.info(f"v{vae_model.model_version}'s samples are unchanged since they were drawn; reusing them")
         return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
     device = resolve_device("auto")
     model = load_trained_model(storage, vae_model, device)
@@ -145,14 +144,14 @@ def prior_samples(
     (mu_a, _), (mu_b, _) = (encode_mean(model, x[torch.as_tensor(i)], device=device) for i in (a, b))  # (n_pairs, d) each
     frames = smoothness.decode_interpolations(partial(decode_latents, model, device=device), mu_a, mu_b, config.interpolation_steps)
     strip = plots.interpolation_strip_png(frames, folder / "interpolations.png", title="latent interpolations (mu to mu)")
-    log_artifacts(mlflow_tracking, vae_model["mlflow_run_id"], [tensor_path, grid, strip], "samples")
-    manifest = {"tensor_path": storage.relative(tensor_path), "grid_png": storage.relative(grid),
-                "interpolations_png": storage.relative(strip), "model_version": vae_model["model_version"]}
+    log_artifacts(mlflow_tracking, vae_model.mlflow_run_id, [tensor_path, grid, strip], "samples")
+    manifest = PriorSamples(tensor_path=storage.relative(tensor_path), grid_png=storage.relative(grid),
+                            interpolations_png=storage.relative(strip), model_version=vae_model.model_version)
     metadata = {
         "prior_samples": png_markdown(grid, "prior samples"),
         "interpolations": png_markdown(strip, "interpolations"),
         "tensor_path": dg.MetadataValue.path(storage.url(tensor_path)),
-        "model_version": vae_model["model_version"],
+        "model_version": vae_model.model_version,
     }
     result.save(manifest, metadata, [tensor_path, grid, strip])
     return dg.MaterializeResult(value=manifest, metadata={**metadata, "reused": False})
@@ -161,32 +160,33 @@ def prior_samples(
 ReconstructionReportConfig = dagster_config("ReconstructionReportConfig", "What the reconstruction report shows.", ReportConfig, module=__name__)
 
 
-@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=REPORT_CODE_VERSION, automation_condition=on_new_data(), kinds={"parquet"})
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=CODE_VERSION, automation_condition=on_new_data(), kinds={"parquet"})
 def reconstruction_report(
     context: dg.AssetExecutionContext,
     config: ReconstructionReportConfig,
     storage: PipelineStorage,
     mlflow_tracking: MlflowTracking,
-    mnist_tensors: dict,
-    vae_model: dict,
-    latent_embeddings: dict,
+    mnist_tensors: MnistTensors,
+    vae_model: TrainedModel,
+    latent_embeddings: LatentEmbeddings,
 ) -> dg.MaterializeResult:
     """Per-class test reconstruction error, the worst and best reconstructions, and the change since the variant's last version."""
     config = to_core(config, ReportConfig)
     check_same_data(vae_model, mnist_tensors)
-    latents_dir = storage.resolve(latent_embeddings["folder"])
-    version = vae_model["model_version"]
-    versions_present = pd.read_parquet(latents_dir, columns=["model_version"])["model_version"].unique()
+    latents_dir = storage.resolve(latent_embeddings.folder)
+    version = vae_model.model_version
+    present = pd.read_parquet(latents_dir, columns=["model_version"])
+    versions_present = present["model_version"].unique()  # not a manifest: the latents table
     # "The previous version" is the previous model of this variant: another variant's errors are another model's.
-    same_variant = set(versions_of_variant(mlflow_tracking.activate(), vae_model["model_name"], vae_model["variant"]))
+    same_variant = set(versions_of_variant(mlflow_tracking.activate(), vae_model.model_name, vae_model.variant))
     earlier = sorted(int(v) for v in versions_present if v < version and int(v) in same_variant)
-    result = stored_result(storage, "reconstruction_report", vae_model, code=REPORT_CODE_VERSION, config=to_dict(config),
-                           latents=latent_embeddings["path"], previous=earlier[-1] if earlier else None)
+    result = stored_result(context, storage, model=vae_model, config=to_dict(config), latents=latent_embeddings.path,
+                           previous=earlier[-1] if earlier else None)
     if (reused := result.load(context.log)) is not None:
         context.log.info(f"v{version}'s report is unchanged since it was written; reusing it")
         return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
     rows = pd.read_parquet(latents_dir, columns=["image_id", "split", "label", "recon_nll_at_mu", "kl", "model_version"])
-    current = rows[rows["model_version"] == version]
+    current = rows[rows["model_version"] == version]  # not a manifest: the latents table
     test = current[current["split"] == "test"]
     stats = reports.per_class_error_stats(test["recon_nll_at_mu"].to_numpy(), test["label"].to_numpy())
     folder = version_folder(storage, "reports", vae_model)
@@ -216,7 +216,7 @@ def reconstruction_report(
     }
     change = None
     if earlier:
-        before = rows[(rows["model_version"] == earlier[-1]) & (rows["split"] == "test")]
+        before = rows[(rows["model_version"] == earlier[-1]) & (rows["split"] == "test")]  # not a manifest: the latents table
         previous = reports.per_class_error_stats(before["recon_nll_at_mu"].to_numpy(), before["label"].to_numpy())
         change = reports.per_class_change(stats, previous)
         metadata["previous_version"] = int(earlier[-1])
@@ -225,11 +225,11 @@ def reconstruction_report(
     stats_path = folder / "per_class.csv"
     with atomic_path(stats_path) as tmp:
         stats.to_csv(tmp)
-    with mlflow_writes(mlflow_tracking, f"the reconstruction report of v{version}", run_id=vae_model["mlflow_run_id"]):
-        log_artifacts(mlflow_tracking, vae_model["mlflow_run_id"], [stats_path, *galleries.values()], "reconstruction_report")
-        mlflow_tracking.activate().log_metric(vae_model["mlflow_run_id"], "test_recon_nll_at_mu", float(test["recon_nll_at_mu"].mean()))
-    manifest = {"errors_parquet": storage.relative(errors_path), "per_class_csv": storage.relative(stats_path),
-                "galleries": {k: storage.relative(v) for k, v in galleries.items()}, "model_version": version,
-                "previous_version": earlier[-1] if earlier else None}
+    with mlflow_writes(mlflow_tracking, f"the reconstruction report of v{version}", run_id=vae_model.mlflow_run_id):
+        log_artifacts(mlflow_tracking, vae_model.mlflow_run_id, [stats_path, *galleries.values()], "reconstruction_report")
+        mlflow_tracking.activate().log_metric(vae_model.mlflow_run_id, "test_recon_nll_at_mu", float(test["recon_nll_at_mu"].mean()))
+    manifest = ReconstructionReport(errors_parquet=storage.relative(errors_path), per_class_csv=storage.relative(stats_path),
+                                    galleries={k: storage.relative(v) for k, v in galleries.items()}, model_version=version,
+                                    previous_version=earlier[-1] if earlier else None)
     result.save(manifest, metadata, [errors_path, stats_path, *galleries.values()])
     return dg.MaterializeResult(value=manifest, metadata={**metadata, "reused": False})

@@ -28,6 +28,7 @@ from vae_pipeline.defs.automation import on_new_data, on_new_data_after_passed_g
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.identity.lineage import check_same_data, load_model_store, load_trained_model, stored_tensors
 from vae_pipeline.defs.identity.versions import registered
+from vae_pipeline.defs.manifests import ChampionComparison, ChampionModel, MnistTensors, TrainedModel
 from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline.defs.tracking.failures import mlflow_writes
 from vae_pipeline.defs.tracking.models import version_by_alias
@@ -134,49 +135,49 @@ def champion_comparison(
     config: ChampionComparisonConfig,
     storage: PipelineStorage,
     mlflow_tracking: MlflowTracking,
-    mnist_tensors: dict,
-    vae_model: dict,
+    mnist_tensors: MnistTensors,
+    vae_model: TrainedModel,
 ) -> dg.MaterializeResult:
     """The challenger's IWAE NLL, probe accuracy and active units on the validation split, beside the champion's."""
     cfg = to_core(config, GateConfig)
     check_same_data(vae_model, mnist_tensors)
     device = resolve_device("auto")
     store = load_model_store(storage, vae_model)
-    likelihood, latent_dim = vae_model["model_config"]["likelihood"], vae_model["model_config"]["latent_dim"]
+    likelihood, latent_dim = vae_model.model_config.likelihood, vae_model.model_config.latent_dim
     protocol = protocol_for(store, likelihood, cfg)
     client = mlflow_tracking.activate()
-    run_id = vae_model["mlflow_run_id"]
+    run_id = vae_model.mlflow_run_id
     figures = _recorded_figures(client, run_id, protocol)
     if figures is not None:
-        context.log.info(f"v{vae_model['model_version']} was measured under this protocol before (run {run_id}); reusing its figures")
+        context.log.info(f"v{vae_model.model_version} was measured under this protocol before (run {run_id}); reusing its figures")
     else:
-        context.log.info(f"measuring v{vae_model['model_version']} on the {protocol.split} split: IWAE k={protocol.iwae_k} "
+        context.log.info(f"measuring v{vae_model.model_version} on the {protocol.split} split: IWAE k={protocol.iwae_k} "
                          f"on {protocol.iwae_examples} images, probe on {protocol.probe_rows} training rows")
         figures = gate_figures(load_trained_model(storage, vae_model, device), store, protocol, device)
-        with mlflow_writes(mlflow_tracking, f"the gate figures of v{vae_model['model_version']}", run_id=run_id):
+        with mlflow_writes(mlflow_tracking, f"the gate figures of v{vae_model.model_version}", run_id=run_id):
             for key, value in figures.items():
                 client.log_metric(run_id, f"gate_{key}", value)
             client.set_tag(run_id, PROTOCOL_TAG, protocol.to_json())  # last: it vouches for the metrics above
-    champion_side = _champion_side(context, client, vae_model["model_name"], protocol, store, device, storage, cfg,
+    champion_side = _champion_side(context, client, vae_model.model_name, protocol, store, device, storage, cfg,
                                    lambda: load_trained_model(storage, vae_model, device))
     comparison = Comparison(**{"protocol": protocol, "challenger": figures, **champion_side})
     nll_ok, nll_text = nll_gate(comparison, cfg.nll_tolerance)
     probe_ok, probe_text = probe_gate(comparison, cfg.probe_tolerance)
-    manifest = {
+    manifest = ChampionComparison(
         **comparison.to_dict(),
-        "model_name": vae_model["model_name"],
-        "model_version": vae_model["model_version"],
-        "latent_dim": latent_dim,
-        "gates": {"nll": [nll_ok, nll_text], "probe": [probe_ok, probe_text],
-                  "collapse": list(collapse_gate(figures["active_units"], latent_dim, MIN_ACTIVE_FRACTION))},
-    }
-    with mlflow_writes(mlflow_tracking, f"the gate verdicts of v{vae_model['model_version']}"):
+        model_name=vae_model.model_name,
+        model_version=vae_model.model_version,
+        latent_dim=latent_dim,
+        gates={"nll": [nll_ok, nll_text], "probe": [probe_ok, probe_text],
+               "collapse": list(collapse_gate(figures["active_units"], latent_dim, MIN_ACTIVE_FRACTION))},
+    )
+    with mlflow_writes(mlflow_tracking, f"the gate verdicts of v{vae_model.model_version}"):
         record_gates(client, manifest)  # the registry says how the version measured and whether it passed, failures too
     champion = comparison.champion or {}
     return dg.MaterializeResult(
         value=manifest,
         metadata={
-            "model_version": vae_model["model_version"],
+            "model_version": vae_model.model_version,
             "champion_version": comparison.champion_version or 0,
             "val_iwae_nll": round(comparison.challenger["iwae_nll"], 3),
             "val_iwae_nll_se": round(comparison.challenger["iwae_nll_se"], 3),
@@ -185,38 +186,38 @@ def champion_comparison(
             "champion_val_probe_accuracy": round(champion.get("probe_accuracy", math.nan), 4),
             "champion_source": comparison.champion_source or "",
             "incomparable": comparison.incomparable or "",
-            "protocol": dg.MetadataValue.json(manifest["protocol"]),
+            "protocol": dg.MetadataValue.json(manifest.protocol),
             "nll_gate": nll_text,
             "probe_gate": probe_text,
         },
     )
 
 
-def _check(passed: bool, description: str, comparison: dict) -> dg.AssetCheckResult:
+def _check(passed: bool, description: str, comparison: ChampionComparison) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=passed,
         description=description,
-        metadata={"champion_version": comparison["champion_version"] or 0, "protocol": dg.MetadataValue.json(comparison["protocol"])},
+        metadata={"champion_version": comparison.champion_version or 0, "protocol": dg.MetadataValue.json(comparison.protocol)},
     )
 
 
 @dg.asset_check(asset=champion_comparison, blocking=True,
                 description="IWAE NLL on the validation split is not worse than the champion's (same protocol) by more than the tolerance.")
-def nll_not_worse_than_champion(champion_comparison: dict) -> dg.AssetCheckResult:
-    return _check(*champion_comparison["gates"]["nll"], champion_comparison)
+def nll_not_worse_than_champion(champion_comparison: ChampionComparison) -> dg.AssetCheckResult:
+    return _check(*champion_comparison.gates["nll"], champion_comparison)
 
 
 @dg.asset_check(asset=champion_comparison, blocking=True,
                 description="Linear-probe accuracy on the validation split is not worse than the champion's by more than the tolerance.")
-def probe_not_worse_than_champion(champion_comparison: dict) -> dg.AssetCheckResult:
-    return _check(*champion_comparison["gates"]["probe"], champion_comparison)
+def probe_not_worse_than_champion(champion_comparison: ChampionComparison) -> dg.AssetCheckResult:
+    return _check(*champion_comparison.gates["probe"], champion_comparison)
 
 
 @dg.asset_check(asset=champion_comparison, blocking=True,
                 description=f"At least {MIN_ACTIVE_FRACTION:.0%} of the latent dimensions are active on the validation split.")
-def no_posterior_collapse(champion_comparison: dict) -> dg.AssetCheckResult:
-    active = int(champion_comparison["challenger"]["active_units"])
-    latent_dim = champion_comparison["latent_dim"]
+def no_posterior_collapse(champion_comparison: ChampionComparison) -> dg.AssetCheckResult:
+    active = int(champion_comparison.challenger["active_units"])
+    latent_dim = champion_comparison.latent_dim
     passed, description = collapse_gate(active, latent_dim, MIN_ACTIVE_FRACTION)
     return dg.AssetCheckResult(
         passed=passed,
@@ -229,20 +230,21 @@ def no_posterior_collapse(champion_comparison: dict) -> dg.AssetCheckResult:
 @dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=PROMOTION_CODE_VERSION, automation_condition=on_new_data_after_passed_gates(),
           kinds={"mlflow"}, deps=[version_comparison])
 def champion_model(
-    context: dg.AssetExecutionContext, mlflow_tracking: MlflowTracking, vae_model: dict, champion_comparison: dict
+    context: dg.AssetExecutionContext, mlflow_tracking: MlflowTracking, vae_model: TrainedModel,
+    champion_comparison: ChampionComparison,
 ) -> dg.MaterializeResult:
     """The registered version serving as champion: moved only after the promotion gates passed."""
-    name, version = vae_model["model_name"], vae_model["model_version"]
-    if champion_comparison["model_version"] != version:
-        raise PromotionRefused(f"champion_comparison measured v{champion_comparison['model_version']}, not v{version}; "
+    name, version = vae_model.model_name, vae_model.model_version
+    if champion_comparison.model_version != version:
+        raise PromotionRefused(f"champion_comparison measured v{champion_comparison.model_version}, not v{version}; "
                                "materialize champion_comparison with this vae_model first.")
-    failed = {gate: text for gate, (passed, text) in champion_comparison["gates"].items() if not passed}
+    failed = {gate: text for gate, (passed, text) in champion_comparison.gates.items() if not passed}
     if failed:  # blocking checks stop this step only in their own run; a later run must not promote either
         raise PromotionRefused(f"v{version} did not pass the promotion gates ({'; '.join(f'{g}: {t}' for g, t in failed.items())}); "
                                "the champion alias stays where it is.")
     client = mlflow_tracking.activate()
     previous = version_by_alias(client, name, CHAMPION)
-    measured_against = champion_comparison["champion_version"]
+    measured_against = champion_comparison.champion_version
     if (int(previous.version) if previous else None) != measured_against:
         # Variants are promoted one partition at a time: another variant may have become champion since
         # this one was compared. Promote only a version measured against the champion it replaces.
@@ -255,10 +257,10 @@ def champion_model(
         client.set_registered_model_alias(name, CHAMPION, str(version))
         why = record_promotion(client, name, version, int(previous.version) if previous else None, champion_comparison)
     context.log.info(f"{name} v{version} is champion (was {previous.version if previous else 'none'}): {why}")
-    figures = champion_comparison["challenger"]
+    figures = champion_comparison.challenger
     return dg.MaterializeResult(
-        value={"model_name": name, "model_version": version, "previous_version": int(previous.version) if previous else None,
-               "model_uri": f"models:/{name}@{CHAMPION}"},
+        value=ChampionModel(model_name=name, model_version=version, previous_version=int(previous.version) if previous else None,
+                            model_uri=f"models:/{name}@{CHAMPION}"),
         metadata={"model_name": name, "model_version": version,
                   "previous_champion": int(previous.version) if previous else 0,
                   "val_iwae_nll": figures["iwae_nll"], "val_probe_accuracy": figures["probe_accuracy"], "promotion": why},

@@ -8,72 +8,79 @@ import pandas as pd
 import pyarrow as pa
 
 from vae_pipeline.core.evaluation import latents
+from vae_pipeline.core.model.config import to_dict
 from vae_pipeline.core.selection.sweep import Variant
 from vae_pipeline.core.selection.sweep_comparison import VariantRow, rate_distortion_png, sweep_table, table_markdown
 from vae_pipeline.defs.assets.outputs import png_markdown
 from vae_pipeline.defs.automation import on_new_data
-from vae_pipeline.defs.reuse import StoredResult, result_key
+from vae_pipeline.defs.manifests import LatentEmbeddings, LatentEvaluation, SweepComparison, TrainedModel
+from vae_pipeline.defs.reuse import code_version, stored_result
 from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline.defs.storage.io_manager import ALL_PARTITIONS
 from vae_pipeline.defs.tracking.failures import mlflow_writes
 from vae_pipeline.defs.tracking.resource import MlflowTracking
 
 GROUP = "sweeps"
-SWEEP_CODE_VERSION = "3"
+CODE_VERSION = code_version(__name__)  # derived from this file and the core code it imports (defs/reuse.py)
 EVERY_VARIANT = dg.AssetIn(metadata={ALL_PARTITIONS: True})
 
 
-def _training_setup(model: dict) -> dict:
+def _training_setup(model: TrainedModel) -> dict:
     """How a variant was trained, but for what the sweep varies (and the seed): equal for rows trained alike."""
     varied = {*Variant.__dataclass_fields__, "seed"}
-    setup = {**model["model_config"], **model["train_config"]}
+    setup = {**to_dict(model.model_config), **to_dict(model.train_config)}
     return {k: v for k, v in setup.items() if k not in varied}
 
 
-def _row(storage: PipelineStorage, variant: str, model: dict, embeddings: dict, evaluation: dict) -> VariantRow:
+def _row(storage: PipelineStorage, variant: str, model: TrainedModel, embeddings: LatentEmbeddings,
+         evaluation: LatentEvaluation) -> VariantRow:
     """One variant's figures: reconstruction and KL from its latents table, the rest from its test evaluation."""
-    m, key = evaluation["metrics"], Variant.from_key(variant)
-    table = pd.read_parquet(storage.resolve(embeddings["path"]), columns=["split", "recon_nll_at_mu", "kl"])
+    m, key = evaluation.metrics, Variant.from_key(variant)
+    table = pd.read_parquet(storage.resolve(embeddings.path), columns=["split", "recon_nll_at_mu", "kl"])
     test = table[table["split"] == "test"]
-    protocol = {**evaluation["protocol"], **evaluation["config"]}
+    protocol = {**evaluation.protocol, **evaluation.config}
     return VariantRow(
         variant=variant, latent_dim=key.latent_dim, beta=key.beta, likelihood=key.likelihood,
-        model_version=int(model["model_version"]), data_version=model["data_version"],
-        protocol=json.dumps({**protocol, "embeddings": embeddings.get("config", {})}, sort_keys=True),
+        model_version=int(model.model_version), data_version=model.data_version,
+        # latent_embeddings' manifest has never carried its config, so "embeddings" has always been {} here.
+        protocol=json.dumps({**protocol, "embeddings": {}}, sort_keys=True),
         training=json.dumps(_training_setup(model), sort_keys=True),
         test_iwae_nll=m["eval_iwae_nll"], test_rate=m["eval_rate"], test_distortion=m["eval_distortion"],
         test_recon_nll_at_mu=float(test["recon_nll_at_mu"].mean()), test_kl_of_grey_input=float(test["kl"].mean()),
         probe_accuracy=m["eval_probe_accuracy"], knn_accuracy=m["eval_knn_accuracy"], active_units=int(m["eval_active_units"]),
         prior_fd=m["eval_prior_fd"], midpoint_fd=m["eval_midpoint_fd"], prior_holes_share=m["eval_prior_fit_holes_share"],
-        prior_mmd2=m["eval_prior_fit_mmd2"], regular=bool(evaluation["regular"]),
+        prior_mmd2=m["eval_prior_fit_mmd2"], regular=bool(evaluation.regular),
     )
 
 
-def _evaluated_variants(log: Any, vae_model: dict, latent_embeddings: dict, latent_evaluation: dict) -> dict[str, tuple]:
+def _evaluated_variants(
+    log: Any, vae_model: dict[str, TrainedModel], latent_embeddings: dict[str, LatentEmbeddings],
+    latent_evaluation: dict[str, LatentEvaluation],
+) -> dict[str, tuple[TrainedModel, LatentEmbeddings, LatentEvaluation]]:
     """The variants whose latest model, latents and evaluation are of one version; the log names the others."""
     ready = {}
     for variant, model in vae_model.items():
         embeddings, evaluation = latent_embeddings.get(variant), latent_evaluation.get(variant)
-        version = model["model_version"]
+        version = model.model_version
         if embeddings is None or evaluation is None:
             log.info(f"{variant}: v{version} has no {'latents' if embeddings is None else 'evaluation'} yet; not in the table")
-        elif embeddings["model_version"] != version or evaluation["model_version"] != version:
-            log.info(f"{variant}: its latest latents (v{embeddings['model_version']}) or evaluation "
-                     f"(v{evaluation['model_version']}) are not of its latest model v{version}; not in the table")
+        elif embeddings.model_version != version or evaluation.model_version != version:
+            log.info(f"{variant}: its latest latents (v{embeddings.model_version}) or evaluation "
+                     f"(v{evaluation.model_version}) are not of its latest model v{version}; not in the table")
         else:
             ready[variant] = (model, embeddings, evaluation)
     return ready
 
 
-@dg.asset(group_name=GROUP, code_version=SWEEP_CODE_VERSION, automation_condition=on_new_data(), kinds={"parquet", "mlflow"},
+@dg.asset(group_name=GROUP, code_version=CODE_VERSION, automation_condition=on_new_data(), kinds={"parquet", "mlflow"},
           ins={"vae_model": EVERY_VARIANT, "latent_embeddings": EVERY_VARIANT, "latent_evaluation": EVERY_VARIANT})
 def sweep_comparison(
     context: dg.AssetExecutionContext,
     storage: PipelineStorage,
     mlflow_tracking: MlflowTracking,
-    vae_model: dict,
-    latent_embeddings: dict,
-    latent_evaluation: dict,
+    vae_model: dict[str, TrainedModel],  # every variant's: {partition: manifest}
+    latent_embeddings: dict[str, LatentEmbeddings],
+    latent_evaluation: dict[str, LatentEvaluation],
 ) -> dg.MaterializeResult:
     """The evaluated variants side by side (NLL, reconstruction, KL, probe, kNN, regularity) and their rate-distortion picture."""
     ready = _evaluated_variants(context.log, vae_model, latent_embeddings, latent_evaluation)
@@ -84,15 +91,16 @@ def sweep_comparison(
     this_run = context.run.tags.get("dagster/partition")
     reference = this_run if this_run in ready else None  # the variant this run evaluated sets the measurement
     table = sweep_table(rows, reference)
-    name = next(iter(ready.values()))[0]["model_name"] if reference is None else ready[reference][0]["model_name"]
+    name = next(iter(ready.values()))[0].model_name if reference is None else ready[reference][0].model_name
     folder = storage.folder("sweeps", name)
     parquet_path, png_path = folder / "comparison.parquet", folder / "rate_distortion.png"
-    result = StoredResult(storage, storage.path("results", "sweep_comparison", f"{name}.json"), result_key(
+    result = stored_result(
         # What the reference decided (which rows compare, and why not), not which run asked: a variant's run and the
         # automation's unpartitioned run that judge the rows alike share one table and one MLflow run.
-        asset="sweep_comparison", code=SWEEP_CODE_VERSION, judged=table[["variant", "comparable", "note"]].to_dict("records"),
-        rows={v: [p[0]["mlflow_run_id"], p[1]["path"], p[2]["metrics"]] for v, p in sorted(ready.items())},
-    ))
+        context, storage, record=name, judged=table[["variant", "comparable", "note"]].to_dict("records"),
+        rows={v: [model.mlflow_run_id, embeddings.path, evaluation.metrics]
+              for v, (model, embeddings, evaluation) in sorted(ready.items())},
+    )
     if (reused := result.load(context.log)) is not None:
         context.log.info(f"the {len(ready)} evaluated variants are the ones compared before; reusing {parquet_path}")
         return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
@@ -102,16 +110,16 @@ def sweep_comparison(
     with mlflow_writes(mlflow_tracking, f"the sweep comparison of {name}") as writes:
         run = client.create_run(mlflow_tracking.experiment_id(client), run_name=f"sweep-comparison-{name}",
                                 tags={"role": "sweep_comparison", "dagster.run_id": context.run.run_id, "model_name": name,
-                                      "variants": ", ".join(table["variant"])})
+                                      "variants": ", ".join(table["variant"])})  # not a manifest: the sweep table
         writes.owns(run.info.run_id)
         for path in (parquet_path, png_path):
             client.log_artifact(run.info.run_id, str(path), artifact_path="sweep")
         client.set_terminated(run.info.run_id)
-    comparable = table[table["comparable"]]
+    comparable = table[table["comparable"]]  # not a manifest: the sweep table
     context.log.info(f"{len(table)} variants, {len(comparable)} comparable:\n{table_markdown(table)}")
-    manifest = {"path": storage.relative(parquet_path), "picture": storage.relative(png_path), "model_name": name,
-                "variants": list(table["variant"]), "comparable": list(comparable["variant"]),
-                "mlflow_run_id": run.info.run_id}
+    variants, comparable_variants = list(table["variant"]), list(comparable["variant"])  # not a manifest: the sweep table
+    manifest = SweepComparison(path=storage.relative(parquet_path), picture=storage.relative(png_path), model_name=name,
+                               variants=variants, comparable=comparable_variants, mlflow_run_id=run.info.run_id)
     metadata = {
         "variants": len(table),
         "comparable_variants": len(comparable),

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from vae_pipeline.core.data.tensor_store import load_tensor_store
 from vae_pipeline.core.model.checkpoint import CheckpointError, file_sha256, load_checkpoint
-from vae_pipeline.core.model.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
+from vae_pipeline.core.model.config import ConfigError, ModelConfig, TrainConfig, to_dict
 from vae_pipeline.core.model.device import resolve_device
 from vae_pipeline.core.model.memory import check_training_fits
 from vae_pipeline.core.model.train import Callback, fit
@@ -22,6 +22,7 @@ from vae_pipeline.core.model.vae import build_model
 from vae_pipeline.core.selection.sweep import Variant
 from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
+from vae_pipeline.defs.manifests import ManifestError, MnistTensors, TrainedModel, read_manifest, write_manifest
 from vae_pipeline.defs.progress import DagsterProgressLogger
 from vae_pipeline.defs.storage.folder import PipelineStorage, write_json_atomic
 from vae_pipeline.defs.tracking.failures import mlflow_writes, tracked_run
@@ -94,12 +95,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _checkpoint_problem(checkpoint: Path, recorded_sha256: str | None) -> str | None:
+def _checkpoint_problem(checkpoint: Path, recorded_sha256: str) -> str | None:
     """Why a finished result's checkpoint cannot be reused, or None when it is the file that was recorded."""
     if not checkpoint.is_file():
         return f"its checkpoint {checkpoint} is missing"
-    if recorded_sha256 is None:
-        return f"its summary records no hash of {checkpoint} (written by an older version)"
     if file_sha256(checkpoint) != recorded_sha256:
         return f"its checkpoint {checkpoint} does not match the sha256 recorded when it was written (truncated or replaced)"
     return None
@@ -136,10 +135,25 @@ def _log_unlogged_epochs(client: MlflowClient, run_id: str, records: list[dict[s
             MlflowEpochLogger().on_epoch_end(int(record["epoch"]), record)
 
 
-def _registered_version_ok(client: MlflowClient, summary: dict[str, Any]) -> bool:
+def _registered_version_ok(client: MlflowClient, summary: TrainedModel) -> bool:
     """The summary's registered version exists on this server and belongs to the summary's run."""
-    version = version_of_run(client, summary["model_name"], summary["mlflow_run_id"])
-    return version is not None and version == summary["model_version"]
+    version = version_of_run(client, summary.model_name, summary.mlflow_run_id)
+    return version is not None and version == summary.model_version
+
+
+def _read_summary(path: Path, role: str) -> tuple[TrainedModel | None, str | None]:
+    """A finished training's summary.json (None when there is none, see `_read_json`), or why it cannot be read.
+
+    A summary of an older release that lacks a field (the checkpoint's hash, say) cannot vouch for its
+    checkpoint: the model is trained again.
+    """
+    stored = _read_json(path)
+    if stored is None:
+        return None, None
+    try:
+        return read_manifest("vae_model" if role == "vae" else "autoencoder_baseline", stored), None
+    except ManifestError as exc:
+        return None, f"its summary {path} was written by another release ({exc})"
 
 
 def _log_run_contents(
@@ -174,11 +188,11 @@ def _train_tracked(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     device: torch.device,
-    mnist_tensors: dict,
+    mnist_tensors: MnistTensors,
     storage: PipelineStorage,
     mlflow_tracking: MlflowTracking,
     register_as: str | None,
-) -> dict[str, Any]:
+) -> TrainedModel:
     """Train (or resume, or reuse) one model inside one MLflow run; returns its manifest.
 
     A finished result for the same fingerprint is reused only after checking what it is made of:
@@ -189,13 +203,13 @@ def _train_tracked(
     checkpoint left by an interrupted materialization is resumed and its MLflow run continued.
     """
     # Both checks come before anything is written: a bad batch size or tracking URI leaves no folder.
-    _validate_against_data(train_cfg, mnist_tensors["counts"]["train"])
+    _validate_against_data(train_cfg, mnist_tensors.counts["train"])
     client = mlflow_tracking.activate()  # fails fast on an unreachable tracking server
-    data_version = mnist_tensors["content_sha256"]
+    data_version = mnist_tensors.content_sha256
     fingerprint = _fingerprint(model_cfg, train_cfg, data_version, device)
     folder = storage.working_folder("models", role, fingerprint)  # a resume may run on another worker than the interrupted step
     summary_path, run_path, checkpoint = folder / "summary.json", folder / "mlflow_run.json", folder / "checkpoint.pt"
-    store_path = storage.resolve(mnist_tensors["path"])
+    store_path = storage.resolve(mnist_tensors.path)
     experiment_id = mlflow_tracking.experiment_id(client)
     tags = {
         "role": role,
@@ -204,35 +218,36 @@ def _train_tracked(
         "code_version": TRAINING_CODE_VERSION,
         "data_version": data_version,
         "fingerprint": fingerprint,
-        "dataset": mnist_tensors["dataset"],
+        "dataset": mnist_tensors.dataset,
         "variant": context.partition_key,
     }
 
-    def manifest(summary: dict[str, Any], reused: bool) -> dict[str, Any]:
-        return {**summary, "variant": context.partition_key, "reused": reused, "mlflow_run_url": mlflow_tracking.run_url(experiment_id, summary["mlflow_run_id"])}
+    def manifest(summary: TrainedModel, reused: bool) -> TrainedModel:
+        return dataclasses.replace(summary, variant=context.partition_key, reused=reused,
+                                   mlflow_run_url=mlflow_tracking.run_url(experiment_id, summary.mlflow_run_id))
 
-    summary = _read_json(summary_path)
+    summary, unreadable = _read_summary(summary_path, role)
     run_id: str | None = None
-    if summary is not None:
-        problem = _checkpoint_problem(checkpoint, summary.get("checkpoint_sha256"))
+    if summary is not None or unreadable is not None:
+        problem = unreadable or _checkpoint_problem(checkpoint, summary.checkpoint_sha256)
         if problem is not None:
             context.log.warning(f"{role} {fingerprint}: not reusing the finished model: {problem}; retraining from scratch")
             storage.discard(summary_path)
             storage.discard(checkpoint)
             storage.discard(run_path)  # that run is finished (perhaps the champion's): never reopen it
             summary = None
-        elif not run_exists(client, summary["mlflow_run_id"]):
+        elif not run_exists(client, summary.mlflow_run_id):
             context.log.warning(
-                f"{role} {fingerprint}: MLflow run {summary['mlflow_run_id']} is not on {mlflow_tracking.uri()} "
+                f"{role} {fingerprint}: MLflow run {summary.mlflow_run_id} is not on {mlflow_tracking.uri()} "
                 "(a lost store or another tracking server); logging the trained model there anew, without retraining"
             )
         elif register_as is not None and not _registered_version_ok(client, summary):
             context.log.warning(
-                f"{role} {fingerprint}: {register_as} has no version of run {summary['mlflow_run_id']}; registering it"
+                f"{role} {fingerprint}: {register_as} has no version of run {summary.mlflow_run_id}; registering it"
             )
-            run_id = summary["mlflow_run_id"]
+            run_id = summary.mlflow_run_id
         else:
-            context.log.info(f"{role}: config, data and code unchanged since {summary['mlflow_run_id']}; not retraining")
+            context.log.info(f"{role}: config, data and code unchanged since {summary.mlflow_run_id}; not retraining")
             for path in (checkpoint, run_path, summary_path):  # a publication cut short (nothing to do otherwise)
                 if path.is_file():
                     storage.publish(path)
@@ -269,7 +284,7 @@ def _train_tracked(
         storage.publish(run_path)
         if run_id is None:
             _log_run_contents(model_cfg=model_cfg, train_cfg=train_cfg, device=device, store_path=store_path,
-                              n_train=len(store["train"]), n_val=len(store["val"]), dataset=mnist_tensors["dataset"],
+                              n_train=len(store["train"]), n_val=len(store["val"]), dataset=mnist_tensors.dataset,
                               data_version=data_version, variant=context.partition_key)
         if summary is None:
             if run_id is not None and checkpoint.is_file():
@@ -287,53 +302,53 @@ def _train_tracked(
             )
             records, train_seconds = list(history), sum(r["seconds"] for r in history)
         else:  # re-logging a finished model to this server: its history comes from the checkpoint
-            records, train_seconds = load_checkpoint(checkpoint)["history"], summary["train_seconds"]
+            records, train_seconds = load_checkpoint(checkpoint)["history"], summary.train_seconds
             if run_id is None:
                 _log_unlogged_epochs(client, run.info.run_id, records)
         model_version = _finish_run(client, run.info.run_id, checkpoint, example, register_as)
-    summary = {
-        "role": role,
-        "checkpoint": storage.relative(checkpoint),
-        "checkpoint_sha256": file_sha256(checkpoint),
-        "store_path": storage.relative(store_path),
-        "fingerprint": fingerprint,
-        "model_config": to_dict(model_cfg),
-        "train_config": to_dict(train_cfg),
-        "device": str(device),
-        "data_version": data_version,
-        "dataset": mnist_tensors["dataset"],
-        "variant": context.partition_key,
-        "mlflow_run_id": run.info.run_id,
-        "mlflow_experiment_id": experiment_id,
-        "model_name": register_as,
-        "model_version": model_version,
-        "final_metrics": {k: float(v) for k, v in records[-1].items()},
-        "train_seconds": train_seconds,
-    }
+    summary = TrainedModel(
+        role=role,
+        checkpoint=storage.relative(checkpoint),
+        checkpoint_sha256=file_sha256(checkpoint),
+        store_path=storage.relative(store_path),
+        fingerprint=fingerprint,
+        model_config=model_cfg,
+        train_config=train_cfg,
+        device=str(device),
+        data_version=data_version,
+        dataset=mnist_tensors.dataset,
+        variant=context.partition_key,
+        mlflow_run_id=run.info.run_id,
+        mlflow_experiment_id=experiment_id,
+        model_name=register_as,
+        model_version=model_version,
+        final_metrics={k: float(v) for k, v in records[-1].items()},
+        train_seconds=train_seconds,
+    )
     storage.publish(checkpoint)
-    write_json_atomic(summary_path, summary)  # written last: its presence means "finished"
+    write_json_atomic(summary_path, write_manifest(summary))  # written last: its presence means "finished"
     storage.publish(summary_path)
     return manifest(summary, reused=False)
 
 
-def _metadata(manifest: dict[str, Any]) -> dict[str, Any]:
-    final = manifest["final_metrics"]
+def _metadata(manifest: TrainedModel) -> dict[str, Any]:
+    final = manifest.final_metrics
     metadata: dict[str, Any] = {
-        "mlflow_run_id": manifest["mlflow_run_id"],
-        "mlflow_run": dg.MetadataValue.url(manifest["mlflow_run_url"]),
-        "checkpoint": manifest["checkpoint"],
-        "fingerprint": manifest["fingerprint"],
-        "device": manifest["device"],
-        "reused": manifest["reused"],
+        "mlflow_run_id": manifest.mlflow_run_id,
+        "mlflow_run": dg.MetadataValue.url(manifest.mlflow_run_url),
+        "checkpoint": manifest.checkpoint,
+        "fingerprint": manifest.fingerprint,
+        "device": manifest.device,
+        "reused": manifest.reused,
         "epochs": int(final["epoch"]),
-        "train_seconds": round(manifest["train_seconds"], 1),
+        "train_seconds": round(manifest.train_seconds, 1),
         "val_neg_elbo": round(final["val_neg_elbo"], 3),
         "val_recon_nll": round(final["val_recon_nll"], 3),
         "val_kl": round(final["val_kl"], 3),
     }
-    if manifest["model_version"] is not None:
-        metadata["model_name"] = manifest["model_name"]
-        metadata["model_version"] = manifest["model_version"]
+    if manifest.model_version is not None:
+        metadata["model_name"] = manifest.model_name
+        metadata["model_version"] = manifest.model_version
     return metadata
 
 
@@ -344,14 +359,14 @@ def vae_model(
     config: VaeTrainingConfig,
     storage: PipelineStorage,
     mlflow_tracking: MlflowTracking,
-    mnist_tensors: dict,
+    mnist_tensors: MnistTensors,
 ) -> dg.MaterializeResult:
     """The trained VAE of one variant: checkpoint, MLflow run, and a new registered model version (alias challenger)."""
     variant = variant_of(context)
     # Invalid config fails here, before any work.
     model_cfg, train_cfg = variant_configs(config, variant)
     device = resolve_device(config.device)
-    counts = mnist_tensors["counts"]
+    counts = mnist_tensors.counts
     check_training_fits(model_cfg, train_cfg, counts["train"] + counts["val"], f"vae_model[{variant.key}]")
     manifest = _train_tracked(
         context,
@@ -362,13 +377,13 @@ def vae_model(
         mnist_tensors=mnist_tensors,
         storage=storage,
         mlflow_tracking=mlflow_tracking,
-        register_as=f"{mlflow_tracking.registered_model_prefix}-{mnist_tensors['dataset']}",
+        register_as=f"{mlflow_tracking.registered_model_prefix}-{mnist_tensors.dataset}",
     )
-    with mlflow_writes(mlflow_tracking, f"the description of {manifest['model_name']} v{manifest['model_version']}",
-                       run_id=manifest["mlflow_run_id"]):
+    with mlflow_writes(mlflow_tracking, f"the description of {manifest.model_name} v{manifest.model_version}",
+                       run_id=manifest.mlflow_run_id):
         describe_version(mlflow_tracking.activate(), manifest, mlflow_tracking.dagster_run_url)  # reused versions too
     # The fingerprint (config, data, code, device) is the data version: downstream updates exactly when it changes.
-    return dg.MaterializeResult(value=manifest, metadata=_metadata(manifest), data_version=dg.DataVersion(manifest["fingerprint"]))
+    return dg.MaterializeResult(value=manifest, metadata=_metadata(manifest), data_version=dg.DataVersion(manifest.fingerprint))
 
 
 @dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=TRAINING_CODE_VERSION, kinds={"pytorch", "mlflow"}, automation_condition=on_new_data(),
@@ -377,22 +392,22 @@ def autoencoder_baseline(
     context: dg.AssetExecutionContext,
     storage: PipelineStorage,
     mlflow_tracking: MlflowTracking,
-    mnist_tensors: dict,
-    vae_model: dict,
+    mnist_tensors: MnistTensors,
+    vae_model: TrainedModel,
 ) -> dg.MaterializeResult:
     """A plain deterministic auto-encoder with the VAE's architecture and optimiser, for comparison."""
-    model_cfg = dataclasses.replace(from_dict(ModelConfig, vae_model["model_config"]), variational=False)
-    train_cfg = from_dict(TrainConfig, vae_model["train_config"])
+    model_cfg = dataclasses.replace(vae_model.model_config, variational=False)
+    train_cfg = vae_model.train_config
     manifest = _train_tracked(
         context,
         role="autoencoder",
         model_cfg=model_cfg,
         train_cfg=train_cfg,
-        device=torch.device(vae_model["device"]),
+        device=torch.device(vae_model.device),
         mnist_tensors=mnist_tensors,
         storage=storage,
         mlflow_tracking=mlflow_tracking,
         register_as=None,
     )
     # The fingerprint (config, data, code, device) is the data version: downstream updates exactly when it changes.
-    return dg.MaterializeResult(value=manifest, metadata=_metadata(manifest), data_version=dg.DataVersion(manifest["fingerprint"]))
+    return dg.MaterializeResult(value=manifest, metadata=_metadata(manifest), data_version=dg.DataVersion(manifest.fingerprint))

@@ -24,6 +24,7 @@ from vae_pipeline.core.model.config import ConfigError
 from vae_pipeline.core.model.vae import VAE
 from vae_pipeline.core.selection.sweep import Variant
 from vae_pipeline.defs.identity.lineage import LineageError, load_trained_model
+from vae_pipeline.defs.manifests import TrainedModel
 from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline.defs.tracking.models import download_checkpoint, version_by_alias
 
@@ -74,18 +75,32 @@ def find_version(client: MlflowClient, name: str, ref: int | str) -> Any | None:
 
 
 @dataclass(frozen=True)
+class RegisteredVersion:
+    """What the registry says of a version this run did not train: its run's tags (the fields TrainedModel shares)."""
+
+    role: str
+    fingerprint: str  # "?" for a run that did not record it
+    data_version: str
+    dataset: str
+    model_name: str
+    model_version: int
+    mlflow_run_id: str
+    checkpoint_sha256: str | None = None  # unknown: the checkpoint is downloaded from the run, not recorded
+
+
+@dataclass(frozen=True)
 class Evaluated:
     """A model to evaluate or compare, with the record the assets use for lineage and outputs."""
 
-    record: dict[str, Any]  # role, fingerprint, data_version, dataset, model_name, model_version, mlflow_run_id
+    record: TrainedModel | RegisteredVersion
     model: VAE
 
     @property
     def label(self) -> str:
-        return f"v{self.record['model_version']}"
+        return f"v{self.record.model_version}"
 
 
-def just_trained(storage: PipelineStorage, vae_model: dict[str, Any], device: torch.device) -> Evaluated:
+def just_trained(storage: PipelineStorage, vae_model: TrainedModel, device: torch.device) -> Evaluated:
     """This run's vae_model, from its local checkpoint."""
     return Evaluated(record=vae_model, model=load_trained_model(storage, vae_model, device))
 
@@ -101,40 +116,40 @@ def registered(client: MlflowClient, name: str, version: Any, device: torch.devi
         )
     with tempfile.TemporaryDirectory() as folder:
         model = load_model(download_checkpoint(client, version.run_id, Path(folder)), device, variational=True)
-    record = {
-        "role": "vae",
-        "fingerprint": tags.get("fingerprint", "?"),
-        "data_version": tags["data_version"],
-        "dataset": tags.get("dataset", "?"),
-        "model_name": name,
-        "model_version": int(version.version),
-        "mlflow_run_id": version.run_id,
-    }
+    record = RegisteredVersion(
+        role="vae",
+        fingerprint=tags.get("fingerprint", "?"),
+        data_version=tags["data_version"],
+        dataset=tags.get("dataset", "?"),
+        model_name=name,
+        model_version=int(version.version),
+        mlflow_run_id=version.run_id,
+    )
     return Evaluated(record=record, model=model)
 
 
 def resolve(
-    client: MlflowClient, storage: PipelineStorage, vae_model: dict[str, Any], ref: str, device: torch.device
+    client: MlflowClient, storage: PipelineStorage, vae_model: TrainedModel, ref: str, device: torch.device
 ) -> Evaluated | None:
     """The model `ref` names among vae_model's registered versions; None for an alias nobody holds yet."""
     parsed = parse_version_ref(ref)
     if parsed is None:
         return just_trained(storage, vae_model, device)
-    name = vae_model["model_name"]
+    name = vae_model.model_name
     version = find_version(client, name, parsed)
     if version is None:
         return None
-    if int(version.version) == vae_model["model_version"]:
+    if int(version.version) == vae_model.model_version:
         return just_trained(storage, vae_model, device)  # the same model: no download
     return registered(client, name, version, device)
 
 
 def check_trained_on(evaluated: Evaluated, data_version: str, what: str) -> None:
     """Fail when a referenced version was trained on other data than `what` (this run's store, judge, baseline)."""
-    trained = evaluated.record["data_version"]
+    trained = evaluated.record.data_version
     if trained != data_version:
         raise LineageError(
-            f"{evaluated.record['model_name']} {evaluated.label} was trained on data version {trained[:12]}, but {what} "
+            f"{evaluated.record.model_name} {evaluated.label} was trained on data version {trained[:12]}, but {what} "
             f"is {data_version[:12]}. Materialize mnist_tensors with the config that produced {trained[:12]} (same raw "
             "files, val_size and split_seed; the store is content-addressed, so it is reused if still present) "
             "together with this asset, or evaluate a version trained on this data."

@@ -6,6 +6,7 @@ from typing import Any
 
 import dagster as dg
 
+from vae_pipeline.defs.manifests import read_manifest, write_manifest
 from vae_pipeline.defs.storage.folder import DATA_DIR_ENV, PipelineStorage, write_json_atomic
 
 # Input metadata asking ManifestIOManager for every materialized partition of a partitioned input.
@@ -14,6 +15,8 @@ ALL_PARTITIONS = "all_partitions"
 
 class ManifestIOManager(dg.ConfigurableIOManager):
     """Stores each asset's output as a small JSON manifest (paths, versions, figures), never a pickle.
+
+    The value is the asset's manifest type (defs/manifests.py), written and read there.
 
     The heavy artifacts (tensor store, checkpoints, parquet) are written by the assets under the
     data folder; the manifest says where they are, so downstream assets receive them as parameters.
@@ -38,7 +41,7 @@ class ManifestIOManager(dg.ConfigurableIOManager):
             return
         partition = context.partition_key if context.has_asset_partitions else None
         path = self._path(context.asset_key, context.run_id, partition)
-        write_json_atomic(path, obj)
+        write_json_atomic(path, write_manifest(obj))
         # The asset published its files before returning; the manifest goes last, so a reader that
         # finds it also finds them.
         self.storage.publish(path)
@@ -60,7 +63,7 @@ class ManifestIOManager(dg.ConfigurableIOManager):
                     f"materialization of {_name(key, partition)} wrote it under another data folder; point "
                     f"{DATA_DIR_ENV} there or re-materialize {_name(key, partition)}."
                 )
-        return json.loads(path.read_text())
+        return read_manifest(key.path[-1], json.loads(path.read_text()))
 
     def load_input(self, context: dg.InputContext) -> Any:
         key = context.asset_key

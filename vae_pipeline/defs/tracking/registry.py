@@ -24,64 +24,65 @@ from mlflow.entities import Metric, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from vae_pipeline.core.model.config import TrainConfig, to_dict
+from vae_pipeline.core.model.config import ModelConfig, TrainConfig, to_dict
+from vae_pipeline.defs.manifests import ChampionComparison, LatentEvaluation, TrainedModel
 from vae_pipeline.defs.tracking.resource import TrackingError
 
 CHAMPION_HISTORY = "champion_history"  # registered-model tag: one line per move of the champion alias, newest first
 HISTORY_LENGTH = 20  # moves kept there; each version keeps its own `promotion` tag for good
-GATES = ("nll", "probe", "collapse")  # champion_comparison's gates (manifest["gates"] keys), in the order shown
+GATES = ("nll", "probe", "collapse")  # champion_comparison's gates (ChampionComparison.gates keys), in the order shown
 GATE_FIGURES = ("iwae_nll", "iwae_nll_se", "probe_accuracy", "active_units")  # logged on the run as gate_<name>
 EVAL_HEADLINE = ("eval_iwae_nll", "eval_probe_accuracy", "eval_prior_fd", "eval_ae_prior_fd", "eval_ae_fitted_prior_fd",
                  "eval_midpoint_fd", "eval_ae_midpoint_fd")  # the figures tagged; every eval_* metric is linked
 
 
-def config_summary(model_config: dict[str, Any], train_config: dict[str, Any]) -> str:
+def config_summary(model_config: ModelConfig, train_config: TrainConfig) -> str:
     """A version's variant in a few words, e.g. "mlp 400 z20 beta1 bernoulli, 30 epochs", then training knobs off their defaults."""
-    widths = model_config["conv_channels"] if model_config["architecture"] == "conv" else model_config["hidden_dims"]
-    likelihood = model_config["likelihood"]
+    widths = model_config.conv_channels if model_config.architecture == "conv" else model_config.hidden_dims
+    likelihood = model_config.likelihood
     if likelihood == "gaussian":
-        sigma = model_config.get("gaussian_sigma")
+        sigma = model_config.gaussian_sigma
         likelihood += " learned sigma" if sigma is None else f" sigma {sigma:g}"
-    headline = (f"{model_config['architecture']} {'-'.join(map(str, widths))} z{model_config['latent_dim']} "
-                f"beta{train_config['beta']:g} {likelihood}, {train_config['epochs']} epochs")
-    defaults = to_dict(TrainConfig())
-    knobs = [f"{key} {train_config[key]}" for key, default in defaults.items()
-             if key not in ("beta", "epochs") and train_config.get(key, default) != default]
+    headline = (f"{model_config.architecture} {'-'.join(map(str, widths))} z{model_config.latent_dim} "
+                f"beta{train_config.beta:g} {likelihood}, {train_config.epochs} epochs")
+    defaults, train = to_dict(TrainConfig()), to_dict(train_config)
+    knobs = [f"{key} {train[key]}" for key, default in defaults.items()
+             if key not in ("beta", "epochs") and train[key] != default]
     return ", ".join([headline, *knobs])
 
 
-def describe_version(client: MlflowClient, vae_model: dict[str, Any], dagster_run_url: Callable[[str], str]) -> None:
+def describe_version(client: MlflowClient, vae_model: TrainedModel, dagster_run_url: Callable[[str], str]) -> None:
     """Tag a registered version with what it is (variant, data, the Dagster run that made it); link its training metrics.
 
     Also called when training was reused: the tags are the same, so nothing changes, and a version
     registered before versions described themselves gets its description.
     """
-    name, version = vae_model["model_name"], vae_model["model_version"]
+    name, version = vae_model.model_name, vae_model.model_version
     if version is None:  # not registered (the auto-encoder baseline): no registry page to describe
         return
-    run = client.get_run(vae_model["mlflow_run_id"])
+    run = client.get_run(vae_model.mlflow_run_id)
     dagster_run = run.data.tags["dagster.run_id"]  # the run that trained (or registered) it, not one that reused it
     facts = {
-        "variant": vae_model["variant"],
-        "config": config_summary(vae_model["model_config"], vae_model["train_config"]),
-        "dataset": vae_model["dataset"],
-        "data_version": vae_model["data_version"],
-        "fingerprint": vae_model["fingerprint"],
+        "variant": vae_model.variant,
+        "config": config_summary(vae_model.model_config, vae_model.train_config),
+        "dataset": vae_model.dataset,
+        "data_version": vae_model.data_version,
+        "fingerprint": vae_model.fingerprint,
         "dagster_run_id": dagster_run,
         "dagster_run_url": dagster_run_url(dagster_run),
     }
     model_id = _logged_model_id(client, _update(client, name, version, facts), run)
     client.set_logged_model_tags(model_id, {**facts, "registered_as": f"{name} v{version}"})
-    _link_metrics(client, run, model_id, [key for key in vae_model["final_metrics"] if key != "epoch"])
+    _link_metrics(client, run, model_id, [key for key in vae_model.final_metrics if key != "epoch"])
 
 
-def record_gates(client: MlflowClient, comparison: dict[str, Any]) -> None:
+def record_gates(client: MlflowClient, comparison: ChampionComparison) -> None:
     """Tag the challenger with its validation figures, their protocol and each gate's outcome; link the figures."""
-    name, version = comparison["model_name"], comparison["model_version"]
-    figures, outcomes = comparison["challenger"], {gate: comparison["gates"][gate] for gate in GATES}
+    name, version = comparison.model_name, comparison.model_version
+    figures, outcomes = comparison.challenger, {gate: comparison.gates[gate] for gate in GATES}
     failed = [gate for gate, (passed, _) in outcomes.items() if not passed]
     tags = {
-        "gate_protocol": json.dumps(comparison["protocol"], sort_keys=True),  # as the run's gate_protocol tag
+        "gate_protocol": json.dumps(comparison.protocol, sort_keys=True),  # as the run's gate_protocol tag
         **{f"gate_{key}": _number(figures[key]) for key in GATE_FIGURES if key != "active_units"},
         "gate_active_units": str(int(figures["active_units"])),
         **{f"gate.{gate}": f"{'passed' if passed else 'failed'}: {text}" for gate, (passed, text) in outcomes.items()},
@@ -92,24 +93,24 @@ def record_gates(client: MlflowClient, comparison: dict[str, Any]) -> None:
     _link_metrics(client, run, _logged_model_id(client, current, run), [f"gate_{key}" for key in GATE_FIGURES])
 
 
-def record_evaluation(client: MlflowClient, report: dict[str, Any]) -> None:
+def record_evaluation(client: MlflowClient, report: LatentEvaluation) -> None:
     """Tag the evaluated version with the headline test-split figures and how they were measured; link every eval figure."""
-    name, version = report["model_name"], report["model_version"]
+    name, version = report.model_name, report.model_version
     if version is None:
         return
-    metrics = report["metrics"]
-    protocol = {**report["protocol"], **report["config"], "iwae_examples": int(metrics["eval_iwae_examples"])}
+    metrics = report.metrics
+    protocol = {**report.protocol, **report.config, "iwae_examples": int(metrics["eval_iwae_examples"])}
     tags = {
         "eval_protocol": json.dumps(protocol, sort_keys=True),
         **{key: _number(metrics[key]) for key in EVAL_HEADLINE},
-        "eval_regular": "true" if report["regular"] else "false",
+        "eval_regular": "true" if report.regular else "false",
     }
     current = _update(client, name, version, tags)
     run = client.get_run(current.run_id)
     _link_metrics(client, run, _logged_model_id(client, current, run), list(metrics))
 
 
-def record_promotion(client: MlflowClient, name: str, version: int, previous: int | None, comparison: dict[str, Any],
+def record_promotion(client: MlflowClient, name: str, version: int, previous: int | None, comparison: ChampionComparison,
                      now: datetime | None = None) -> str:
     """Say why `version` now holds the champion alias: its `promotion` tag, the one it replaced, the model's history.
 
@@ -210,9 +211,9 @@ def _link_metrics(client: MlflowClient, run: Run, model_id: str, keys: Iterable[
         client.log_batch(run.info.run_id, metrics=linked)
 
 
-def _promotion_reason(version: int, previous: int | None, comparison: dict[str, Any]) -> str:
-    mine, theirs, other = comparison["challenger"], comparison["champion"], comparison["champion_version"]
-    where = _protocol_text(comparison["protocol"])
+def _promotion_reason(version: int, previous: int | None, comparison: ChampionComparison) -> str:
+    mine, theirs, other = comparison.challenger, comparison.champion, comparison.champion_version
+    where = _protocol_text(comparison.protocol)
     if previous == version:
         return (f"v{version} already held the alias (set by hand, or before promotions were recorded); val IWAE NLL "
                 f"{mine['iwae_nll']:.2f} nats, probe accuracy {mine['probe_accuracy']:.4f} ({where})")
@@ -223,13 +224,14 @@ def _promotion_reason(version: int, previous: int | None, comparison: dict[str, 
         return f"{reason}; v{previous} took the alias after the comparison and was not compared; replaces v{previous}"
     reason = (f"val IWAE NLL {mine['iwae_nll']:.2f} vs v{other}'s {theirs['iwae_nll']:.2f} nats, probe accuracy "
               f"{mine['probe_accuracy']:.4f} vs {theirs['probe_accuracy']:.4f} (same protocol: {where}; v{other}'s "
-              f"figures {comparison['champion_source']})")
+              f"figures {comparison.champion_source})")
     return reason + (f"; replaces v{previous}" if previous is not None else "")
 
 
 def _protocol_text(protocol: dict[str, Any]) -> str:
     return (f"{protocol['split']} split, IWAE k={protocol['iwae_k']} on {protocol['iwae_examples']} images "
-            f"({protocol['scoring']}), probe on {protocol['probe_rows']} training rows, data {protocol['data_version'][:12]}")
+            f"({protocol['scoring']}), probe on {protocol['probe_rows']} training rows, "
+            f"data {protocol['data_version'][:12]}")  # not a manifest: a protocol dict
 
 
 def _number(value: float) -> str:
