@@ -1,6 +1,5 @@
 """Two registered versions side by side (by default the champion and the version just trained), measured the same way."""
 
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -17,7 +16,7 @@ from vae_pipeline.core.selection.version_comparison import (
     REPORT_SPLIT,
     comparison_markdown,
     comparison_protocol,
-    likelihood_incomparable,
+    incomparable_note,
     per_class_deltas,
     per_class_markdown,
     version_figures,
@@ -110,11 +109,11 @@ def version_comparison(
         context.log.info(f"measuring {evaluated.label} ({side}): IWAE k={protocol.iwae_k} on {protocol.iwae_examples} "
                          f"{REPORT_SPLIT} images, reconstruction per class, probe, {protocol.prior_samples} prior draws")
         figures[side] = version_figures(evaluated.model, store, protocol, judge, reference, device)
-    note = likelihood_incomparable(figures["baseline"], figures["candidate"])
+    note = incomparable_note(figures["baseline"], figures["candidate"])
     deltas = per_class_deltas(figures["baseline"], figures["candidate"])
     report = {
         "compared": True,
-        "protocol": json.loads(protocol.to_json()),
+        "protocol": protocol.to_dict(),
         "config": to_dict(cfg),
         "baseline_version": baseline.record["model_version"],
         "candidate_version": candidate.record["model_version"],

@@ -1,6 +1,6 @@
 """Every evaluated variant of the sweep in one table (parquet) and one rate-distortion picture, also in MLflow."""
 
-import json
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow as pa
 
 from vae_pipeline.core.evaluation import latents
+from vae_pipeline.core.selection.protocol import MeasurementProtocol
 from vae_pipeline.core.selection.sweep import Variant
 from vae_pipeline.core.selection.sweep_comparison import VariantRow, rate_distortion_png, sweep_table, table_markdown
 from vae_pipeline.defs.assets.outputs import png_markdown
@@ -30,17 +31,25 @@ def _training_setup(model: dict) -> dict:
     return {k: v for k, v in setup.items() if k not in varied}
 
 
+def _protocol(variant: str, model: dict, embeddings: dict, evaluation: dict) -> MeasurementProtocol:
+    """How a variant's row was measured (its evaluation and latents) and its model trained."""
+    stored = evaluation["protocol"]
+    if "seed" not in stored:  # an earlier release stored split, judge and data version here, the settings in `config`
+        stored = {**evaluation["config"], **stored, "iwae_examples": int(evaluation["metrics"]["eval_iwae_examples"])}
+    measured = MeasurementProtocol.from_dict(stored, f"latent_evaluation[{variant}]", dataset=model["dataset"],
+                                             likelihood=Variant.from_key(variant).likelihood)
+    return replace(measured, settings={**measured.settings, "embeddings": embeddings.get("config", {})},
+                   training=_training_setup(model))
+
+
 def _row(storage: PipelineStorage, variant: str, model: dict, embeddings: dict, evaluation: dict) -> VariantRow:
     """One variant's figures: reconstruction and KL from its latents table, the rest from its test evaluation."""
     m, key = evaluation["metrics"], Variant.from_key(variant)
     table = pd.read_parquet(storage.resolve(embeddings["path"]), columns=["split", "recon_nll_at_mu", "kl"])
     test = table[table["split"] == "test"]
-    protocol = {**evaluation["protocol"], **evaluation["config"]}
     return VariantRow(
-        variant=variant, latent_dim=key.latent_dim, beta=key.beta, likelihood=key.likelihood,
-        model_version=int(model["model_version"]), data_version=model["data_version"],
-        protocol=json.dumps({**protocol, "embeddings": embeddings.get("config", {})}, sort_keys=True),
-        training=json.dumps(_training_setup(model), sort_keys=True),
+        variant=variant, latent_dim=key.latent_dim, beta=key.beta, model_version=int(model["model_version"]),
+        protocol=_protocol(variant, model, embeddings, evaluation),
         test_iwae_nll=m["eval_iwae_nll"], test_rate=m["eval_rate"], test_distortion=m["eval_distortion"],
         test_recon_nll_at_mu=float(test["recon_nll_at_mu"].mean()), test_kl_of_grey_input=float(test["kl"].mean()),
         probe_accuracy=m["eval_probe_accuracy"], knn_accuracy=m["eval_knn_accuracy"], active_units=int(m["eval_active_units"]),
