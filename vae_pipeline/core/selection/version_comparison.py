@@ -2,9 +2,10 @@
 
 A report, so it uses the test split (selection happens on validation, in `core.selection.promotion`). Both
 versions see the same images, the same binarization, the same IWAE noise seed, the same probe rows
-and the same prior draws; the protocol is recorded with the figures. A likelihood figure is only
-compared when both versions score the same quantity: a Bernoulli NLL of binarized pixels and a
-Gaussian density of grey values are different numbers, so that row says why it is not compared
+and the same prior draws; the protocol is recorded with the figures. Each version's figures carry
+that protocol in its own likelihood, and a likelihood figure is only compared when
+`core.selection.protocol.comparable` finds the two alike: a Bernoulli NLL of binarized pixels and
+a Gaussian density of grey values are different numbers, so that row says why it is not compared
 instead of showing a difference.
 """
 

@@ -59,7 +59,7 @@ class TestGates:
         assert collapse_gate(0.0, 2, 0.1) == (False, "0 of 2 latent units active on the val split (need 1)")
 
 
-class TestGateProtocol:
+class TestProtocolFor:
     def test_records_the_split_data_and_scoring_capped_by_the_split(self) -> None:
         store = _store()
         protocol = protocol_for(store, "bernoulli", GateConfig(seed=3, iwae_k=5, iwae_examples=2000, probe_max_train=10_000))
