@@ -9,7 +9,9 @@ release before this module (the plain dict, no tag) is read by mapping its keys 
 one that lacks a field the type requires fails with a message naming the asset to re-materialize.
 
 Paths in manifests are relative to the data folder (movable), except a raw source folder outside it.
-Measurement protocols stay plain dicts (`protocol`), as they are stored today.
+A `protocol` field holds `MeasurementProtocol.to_dict()` (core/selection/protocol.py), the one record of how a
+figure was measured; readers rebuild it with `MeasurementProtocol.from_dict`, which also reads the shapes an
+earlier release stored (a manifest cannot: an old evaluation's protocol needs facts from its caller).
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ class LatentEvaluation:
     kl_per_dimension: list[float]
     latent_dim: int
     config: dict[str, Any]  # EvaluationConfig as a dict
-    protocol: dict[str, Any]  # how the figures were measured: split, judge, data_version
+    protocol: dict[str, Any]  # MeasurementProtocol.to_dict(): how the test figures were measured
     model_name: str
     model_version: int
     mlflow_run_id: str
@@ -154,7 +156,7 @@ class LatentEvaluation:
 class ChampionComparison:
     """`champion_comparison`: the challenger's validation figures beside the champion's, and the gates' outcomes."""
 
-    protocol: dict[str, Any]  # GateProtocol as a dict: how both sides were measured
+    protocol: dict[str, Any]  # MeasurementProtocol.to_dict(): how both sides were measured
     challenger: dict[str, float]  # iwae_nll, iwae_nll_se, probe_accuracy, active_units
     champion_version: int | None
     champion: dict[str, float] | None
@@ -183,7 +185,7 @@ class VersionComparison:
     compared: bool
     candidate_version: int
     reason: str | None = None  # why not compared
-    protocol: dict[str, Any] | None = None  # ComparisonProtocol as a dict
+    protocol: dict[str, Any] | None = None  # MeasurementProtocol.to_dict(), each side scored in its likelihood
     config: dict[str, Any] | None = None  # ComparisonConfig as a dict
     baseline_version: int | None = None
     trained_on: dict[str, str] | None = None  # "baseline", "candidate": data versions

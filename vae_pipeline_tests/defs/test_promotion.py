@@ -89,8 +89,9 @@ def test_a_gaussian_challenger_is_not_compared_with_a_bernoulli_champion(tiny_gr
     for gate in ("nll_not_worse_than_champion", "probe_not_worse_than_champion"):
         passed, text = outcome[gate]
         assert passed is False
-        assert text.startswith("not compared: the champion's likelihood is bernoulli and the challenger's gaussian")
-        assert text.endswith("champion v1 kept")
+        assert text == ("not compared: champion v1 and the challenger cannot be measured alike (champion vs challenger: "
+                        "likelihood: bernoulli vs gaussian (a Bernoulli NLL of binarized pixels and a Gaussian density of "
+                        "grey values are different quantities)); champion v1 kept")
     assert champion(data_dir) == 1
 
 
@@ -102,7 +103,7 @@ def test_a_champion_measured_with_another_k_is_measured_again(tiny_graph_copy: P
     better = promote(data_dir, mnist_slice_dir, training={"epochs": 12}, gate={"iwae_k": 30})
     assert better.success, gates(better)
     figures = comparison(better)
-    assert figures["champion_source"] == "re-measured (was iwae_k: 20 -> 30)"
+    assert figures["champion_source"] == "re-measured (its recorded protocol differed: iwae_k: 20 vs 30)"
     assert figures["protocol"]["iwae_k"] == 30
     assert figures["champion_val_iwae_nll"] > figures["val_iwae_nll"] + 1.0
     assert champion(data_dir) == 2
@@ -172,16 +173,20 @@ def test_a_champion_trained_on_another_split_is_measured_only_on_images_neither_
     assert champion(data_dir) == 1
     stores = sorted((data_dir / "tensors" / "mnist").glob("*.safetensors"))
     refused = promote(data_dir, mnist_slice_dir, tensors={"split_seed": 1})  # the default minimum: 1,000 images
+    (champion_store,) = stores  # the tiny graph's, split with seed 0
+    (challenger_store,) = set((data_dir / "tensors" / "mnist").glob("*.safetensors")) - set(stores)
+    versions = [load_tensor_store(path).content_sha256[:12] for path in (champion_store, challenger_store)]
     for gate in ("nll_not_worse_than_champion", "probe_not_worse_than_champion"):
         passed, text = gates(refused)[gate]
-        assert passed is False and text.startswith("not compared: only ") and "of the 200 val images" in text
+        assert passed is False and text.startswith(
+            "not compared: champion v1 was measured on other data than the challenger (champion vs challenger: "
+            f"data_version: {versions[0]} vs {versions[1]}), and only ")
+        assert "of the 200 val images" in text
         assert "Retrain the champion's variant on this data version" in text and text.endswith("champion v1 kept")
     assert champion(data_dir) == 1
 
     measured = promote(data_dir, mnist_slice_dir, tensors={"split_seed": 1}, gate={"min_held_out": 10})
     figures = comparison(measured)
-    (champion_store,) = stores  # the tiny graph's, split with seed 0
-    (challenger_store,) = set((data_dir / "tensors" / "mnist").glob("*.safetensors")) - set(stores)
     champion_train = set(load_tensor_store(champion_store)["train"].index.tolist())
     challenger_val = set(load_tensor_store(challenger_store)["val"].index.tolist())  # the same raw files: positions name images
     neither = len(challenger_val - champion_train)

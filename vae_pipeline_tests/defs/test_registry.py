@@ -182,3 +182,22 @@ class TestLoggedModels:
         dataset = run.inputs.dataset_inputs[0].dataset
         assert {(m.dataset_name, m.dataset_digest) for ms in linked.values() for m in ms} == {("mnist", dataset.digest)}
         assert v1.tags["registered_as"] == "vae-mnist v1" and v1.tags["config"] == registry.versions[1].tags["config"]
+
+
+class TestTagsOfThePreviousRelease:
+    def test_a_description_renders_from_protocol_tags_as_the_previous_release_wrote_them(self) -> None:
+        """Descriptions are re-rendered whenever a tag changes (a champion replaced): old versions' tags must still read."""
+        gate = {"dataset": "mnist", "data_version": "a" * 64, "split": "val", "likelihood": "bernoulli",
+                "scoring": "binarized, seed 0", "iwae_k": 20, "iwae_examples": 100, "probe_rows": 600, "seed": 0,
+                "held_out_from": "", "held_out_images": 0}
+        evaluation = {"split": "test", "judge": "judge123abc", "data_version": "a" * 64, "seed": 0, "iwae_k": 20,
+                      "iwae_examples": 50, "probe_max_train": 600, "tsne_points": 300, "regularity_samples": 200}
+        tags = {"gates": "passed", "gate_protocol": json.dumps(gate), "gate_iwae_nll": "99.1", "gate_iwae_nll_se": "0.3",
+                "gate_probe_accuracy": "0.5", "gate_active_units": "4", "eval_protocol": json.dumps(evaluation),
+                "eval_regular": "true", **{key: "1.0" for key in ("eval_iwae_nll", "eval_probe_accuracy", "eval_prior_fd",
+                                                                   "eval_ae_prior_fd", "eval_ae_fitted_prior_fd",
+                                                                   "eval_midpoint_fd", "eval_ae_midpoint_fd")}}
+        text = render_description(tags)
+        assert ("Validation (val split, IWAE k=20 on 100 images (binarized, seed 0), probe on 600 training rows, "
+                "data aaaaaaaaaaaa): IWAE NLL 99.1") in text
+        assert "Test evaluation (judge `judge123`, seed 0): IWAE NLL 1.0 nats (k=20, 50 images), probe accuracy 1.0 (600 " in text

@@ -1,12 +1,12 @@
 """Promotion figures: what a challenger and its champion are compared on, measured the same way.
 
-A gated figure is meaningful only with its protocol: the data it was measured on (dataset, data
-version, split), what the likelihood scores (Bernoulli NLL of binarized pixels and a Gaussian
-density of grey values are different quantities), the estimator's settings (IWAE k, examples,
-seeds) and the probe's training rows. Two figures are compared only under equal protocols; when
-the champion was measured another way it is measured again under the challenger's protocol; when
-no common protocol exists (another dataset, another likelihood) no comparison is made and the
-champion is kept. Gates use the validation split: test is for reporting only.
+A gated figure is meaningful only with its protocol (`core.selection.protocol`): the data it was
+measured on (dataset, data version, split), what the likelihood scores, the estimator's settings
+(IWAE k, examples, seed) and the probe's training rows. Two figures are compared only when
+`comparable` finds their protocols alike; when the champion was measured another way it is measured
+again under the challenger's protocol; when no measurement can make them alike (another dataset,
+another likelihood) no comparison is made and the champion is kept. Gates use the validation
+split: test is for reporting only.
 
 A champion trained on another data version (a new drop, another val_size or split seed) may have
 trained on some of the challenger's validation images: scored on them it would look better than
@@ -19,7 +19,6 @@ whatever file, drop or position it came in; the protocol records that set's size
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -33,48 +32,19 @@ from vae_pipeline.core.evaluation.reports import scoring_targets
 from vae_pipeline.core.model.config import GateConfig
 from vae_pipeline.core.model.inference import active_units, encode_mean, iwae_nll
 from vae_pipeline.core.model.vae import VAE
+from vae_pipeline.core.selection.protocol import MeasurementProtocol
 
 GATE_SPLIT = "val"  # selection happens on validation data; the test split is never used to pick a model
 
 
-@dataclass(frozen=True)
-class GateProtocol:
-    """How the gated figures were measured; equal protocols make figures comparable."""
-
-    dataset: str
-    data_version: str
-    split: str
-    likelihood: str
-    scoring: str  # "binarized, seed N" (Bernoulli) or "grey values" (Gaussian)
-    iwae_k: int
-    iwae_examples: int
-    probe_rows: int
-    seed: int
-    held_out_from: str = ""  # a data version whose training images were left out of the split ("" when none had to be)
-    held_out_images: int = 0  # images of the split measured on, when some were left out
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> GateProtocol:
-        return cls(**json.loads(text))
-
-    def differences(self, other: GateProtocol) -> list[str]:
-        """The fields that differ, as 'field: self -> other'."""
-        mine, theirs = asdict(self), asdict(other)
-        return [f"{k}: {mine[k]} -> {theirs[k]}" for k in mine if mine[k] != theirs[k]]
-
-
-def protocol_for(store: TensorStore, likelihood: str, cfg: GateConfig) -> GateProtocol:
+def protocol_for(store: TensorStore, likelihood: str, cfg: GateConfig) -> MeasurementProtocol:
     """The protocol a model of `likelihood` is gated under on `store` with `cfg`."""
     n = len(store[GATE_SPLIT])
-    return GateProtocol(
+    return MeasurementProtocol(
         dataset=store.dataset,
         data_version=store.content_sha256,
         split=GATE_SPLIT,
         likelihood=likelihood,
-        scoring=f"binarized, seed {cfg.seed}" if likelihood == "bernoulli" else "grey values",
         iwae_k=cfg.iwae_k,
         iwae_examples=min(cfg.iwae_examples, n),
         probe_rows=min(cfg.probe_max_train, len(store["train"])),
@@ -93,8 +63,8 @@ def held_out_rows(split: Split, seen: Split) -> np.ndarray:
     return np.flatnonzero(~np.isin(_image_keys(split), _image_keys(seen)))
 
 
-def held_out_protocol(protocol: GateProtocol, store: TensorStore, other_train: Split, other_version: str,
-                      min_images: int) -> tuple[GateProtocol, np.ndarray] | str:
+def held_out_protocol(protocol: MeasurementProtocol, store: TensorStore, other_train: Split, other_version: str,
+                      min_images: int) -> tuple[MeasurementProtocol, np.ndarray] | str:
     """`protocol` restricted to the split's images that the other model (trained on `other_version`) never trained on.
 
     Returns the restricted protocol and the rows of the split it measures, or why no fair
@@ -113,22 +83,7 @@ def held_out_protocol(protocol: GateProtocol, store: TensorStore, other_train: S
     return restricted, rows
 
 
-def incomparable_reason(champion: GateProtocol, challenger: GateProtocol) -> str | None:
-    """Why no common protocol exists for the two models, or None when one does."""
-    if champion.dataset != challenger.dataset:
-        return (
-            f"the champion was measured on {champion.dataset} and the challenger on {challenger.dataset}: "
-            "likelihoods of different datasets are not comparable"
-        )
-    if champion.likelihood != challenger.likelihood:
-        return (
-            f"the champion's likelihood is {champion.likelihood} and the challenger's {challenger.likelihood}: "
-            "a Bernoulli NLL of binarized pixels and a Gaussian density of grey values are different quantities"
-        )
-    return None
-
-
-def gate_figures(model: VAE, store: TensorStore, protocol: GateProtocol, device: torch.device | str,
+def gate_figures(model: VAE, store: TensorStore, protocol: MeasurementProtocol, device: torch.device | str,
                  rows: np.ndarray | None = None) -> dict[str, float]:
     """The gated figures of `model` under `protocol`: IWAE NLL (nats, with its standard error), probe accuracy, active units.
 
@@ -164,7 +119,7 @@ def gate_figures(model: VAE, store: TensorStore, protocol: GateProtocol, device:
 class Comparison:
     """The challenger's gated figures beside the champion's, under one protocol (or why there is none)."""
 
-    protocol: GateProtocol
+    protocol: MeasurementProtocol
     challenger: dict[str, float]
     champion_version: int | None = None
     champion: dict[str, float] | None = None
@@ -173,7 +128,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
-        out["protocol"] = asdict(self.protocol)
+        out["protocol"] = self.protocol.to_dict()
         return out
 
 

@@ -3,11 +3,11 @@
 Every figure comes from the same places for every variant: rate, distortion, IWAE NLL, probe, kNN
 and the regularity figures from the test evaluation; the at-mu figures (`test_recon_nll_at_mu`,
 `test_kl_of_grey_input`) are the test split's per-image means from the latents table. A row is
-comparable with the others only when it was trained alike (the same training budget and setup:
-epochs, architecture, widths, optimiser, binarization, everything but what the sweep varies) and
-measured alike (the same data version, judge, evaluation settings and likelihood's units); a row
-that is not is kept in the table with what differs, and left out of the picture, rather than drawn
-beside numbers that mean something else.
+comparable with the others only when `core.selection.protocol.comparable` finds its protocol like
+theirs: trained alike (the protocol's `training`: epochs, architecture, widths, optimiser,
+binarization, everything but what the sweep varies) and measured alike (the same data version,
+judge, evaluation settings and likelihood's units); a row that is not is kept in the table with
+what differs, and left out of the picture, rather than drawn beside numbers that mean something else.
 
 Rate-distortion (Alemi et al., 2018, "Fixing a Broken ELBO"): the rate R = E[KL(q(z|x) || p(z))]
 and the distortion D = E over q of -log p(x|z), on the test images as the model was trained on them
@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from vae_pipeline.core.evaluation.plots import DPI, _save_png  # one way to write a figure: atomically, on an Agg canvas
+from vae_pipeline.core.selection.protocol import MODEL_FIELDS, MeasurementProtocol, Verdict, comparable
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,8 @@ class VariantRow:
     variant: str
     latent_dim: int
     beta: float
-    likelihood: str
     model_version: int
-    data_version: str
-    protocol: str  # JSON of the evaluation protocol and settings: rows are comparable when it is equal
-    training: str  # JSON of the training budget and setup, but for what the sweep varies: rows are comparable when it is equal
+    protocol: MeasurementProtocol  # the test evaluation's, with `training`: budget and setup but for what the sweep varies
     test_iwae_nll: float
     test_rate: float  # mean over test images of KL(q(z|x) || N(0, I)), x as trained (binarized for Bernoulli), nats
     test_distortion: float  # mean over test images of E_q[-log p(x|z)], nats; rate + distortion = negative ELBO
@@ -58,10 +56,14 @@ class VariantRow:
     prior_mmd2: float
     regular: bool
 
-
-def comparable_key(row: VariantRow) -> tuple[str, str, str, str]:
-    """What must be equal for two rows' figures to be compared: data, protocol, likelihood, training setup."""
-    return row.data_version, row.protocol, row.likelihood, row.training
+    def record(self) -> dict[str, object]:
+        """The row as the table holds it: the protocol as JSON, its likelihood, data version and training beside it."""
+        p = self.protocol
+        described = ("variant", "latent_dim", "beta", "model_version", "protocol")
+        figures = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in described}
+        return {"variant": self.variant, "latent_dim": self.latent_dim, "beta": self.beta, "likelihood": p.likelihood,
+                "model_version": self.model_version, "data_version": p.data_version, "protocol": p.to_json(),
+                "training": json.dumps(p.training, sort_keys=True), **figures}
 
 
 def sweep_table(rows: list[VariantRow], reference: str | None = None) -> pd.DataFrame:
@@ -72,40 +74,35 @@ def sweep_table(rows: list[VariantRow], reference: str | None = None) -> pd.Data
     """
     if not rows:
         raise ValueError("a sweep comparison needs at least one evaluated variant.")
-    keys = {row.variant: comparable_key(row) for row in rows}
-    if reference is not None and reference not in keys:
-        raise ValueError(f"reference variant {reference!r} is not among the rows ({', '.join(keys)}).")
-    ref_key = keys[reference] if reference else Counter(keys.values()).most_common(1)[0][0]
-    ref_name = reference or next(v for v, k in keys.items() if k == ref_key)
-    table = pd.DataFrame([asdict(row) for row in rows])
-    table["comparable"] = [keys[v] == ref_key for v in table["variant"]]
-    table["note"] = [_why_not(keys[v], ref_key, ref_name) for v in table["variant"]]
+    by_name = {row.variant: row for row in rows}
+    if reference is not None and reference not in by_name:
+        raise ValueError(f"reference variant {reference!r} is not among the rows ({', '.join(by_name)}).")
+    if reference is None:
+        shared = Counter(row.protocol.to_json() for row in rows).most_common(1)[0][0]
+        reference = next(row.variant for row in rows if row.protocol.to_json() == shared)
+    verdicts = {row.variant: comparable(row.protocol, by_name[reference].protocol) for row in rows}
+    table = pd.DataFrame([row.record() for row in rows])
+    table["comparable"] = [verdicts[v].comparable for v in table["variant"]]
+    table["note"] = [_why_not(verdicts[v], reference) for v in table["variant"]]
     return table.sort_values(["likelihood", "latent_dim", "beta"], kind="stable").reset_index(drop=True)
 
 
-def _changed(theirs_json: str, ours_json: str) -> list[str]:
-    """'field: theirs vs ours' for each field of two JSON records that differs."""
-    theirs, ours = json.loads(theirs_json), json.loads(ours_json)
-    return [f"{k}: {theirs.get(k)} vs {ours.get(k)}" for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
-
-
-def _why_not(key: tuple[str, str, str, str], ref: tuple[str, str, str, str], ref_name: str) -> str:
-    if key == ref:
+def _why_not(verdict: Verdict, ref_name: str) -> str:
+    """Each difference from the reference's protocol, grouped by what it means, and the fixes."""
+    if verdict.comparable:
         return ""
-    reasons, fixes = [], []
-    if key[0] != ref[0]:
-        reasons.append(f"trained and measured on data version {key[0][:12]}, not {ref[0][:12]}")
-        fixes.append("retrain it on this data")
-    if key[3] != ref[3]:
-        reasons.append(f"trained differently ({'; '.join(_changed(key[3], ref[3]))})")
-        fixes.append(f"retrain it with {ref_name}'s training config")
-    if key[1] != ref[1]:
-        reasons.append(f"evaluated with other settings ({', '.join(c.split(':')[0] for c in _changed(key[1], ref[1]))})")
-        fixes.append("re-materialize its evaluation")
-    if key[2] != ref[2]:
-        reasons.append(f"{key[2]} likelihood: its NLLs are in other units than {ref[2]}'s")
-    fix = f"; {', then '.join(fixes)}" if fixes else ""
-    return f"not comparable with {ref_name}: " + "; ".join(reasons) + fix
+    groups: dict[str, list[str]] = {}
+    for d in verdict.differences:
+        group = ("data" if d.field == "data_version" else "training" if d.field.startswith("training.")
+                 else "units" if d.field in MODEL_FIELDS else "settings")
+        groups.setdefault(group, []).append(str(d))
+    said = {"data": "trained and measured on other data", "training": "trained differently",
+            "settings": "evaluated with other settings", "units": "its NLLs are in other units"}
+    fixes = {"data": "retrain it on this data", "training": f"retrain it with {ref_name}'s training config",
+             "settings": "re-materialize its evaluation"}
+    reasons = [f"{said[g]} ({'; '.join(groups[g])})" for g in said if g in groups]
+    todo = [fixes[g] for g in fixes if g in groups]
+    return f"not comparable with {ref_name}: " + "; ".join(reasons) + (f"; {', then '.join(todo)}" if todo else "")
 
 
 def _elbo_levels(total: pd.Series, n: int = 5) -> np.ndarray:

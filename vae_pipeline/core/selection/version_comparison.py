@@ -2,15 +2,15 @@
 
 A report, so it uses the test split (selection happens on validation, in `core.selection.promotion`). Both
 versions see the same images, the same binarization, the same IWAE noise seed, the same probe rows
-and the same prior draws; the protocol is recorded with the figures. A likelihood figure is only
-compared when both versions score the same quantity: a Bernoulli NLL of binarized pixels and a
-Gaussian density of grey values are different numbers, so that row says why it is not compared
+and the same prior draws; the protocol is recorded with the figures. Each version's figures carry
+that protocol in its own likelihood, and a likelihood figure is only compared when
+`core.selection.protocol.comparable` finds the two alike: a Bernoulli NLL of binarized pixels and
+a Gaussian density of grey values are different numbers, so that row says why it is not compared
 instead of showing a difference.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 
 import pandas as pd
@@ -24,50 +24,34 @@ from vae_pipeline.core.evaluation.reports import encode_splits, per_class_change
 from vae_pipeline.core.model.config import ComparisonConfig
 from vae_pipeline.core.model.inference import decode_latents
 from vae_pipeline.core.model.vae import VAE
-from vae_pipeline.core.selection.promotion import GateProtocol, gate_figures
+from vae_pipeline.core.selection.promotion import gate_figures
+from vae_pipeline.core.selection.protocol import MeasurementProtocol, comparable
 
 REPORT_SPLIT = "test"
 
 
-@dataclass(frozen=True)
-class ComparisonProtocol:
-    """How both versions were measured: the data, the estimators' settings and the judge."""
-
-    dataset: str
-    data_version: str  # the store both were measured on (not necessarily the one either was trained on)
-    split: str
-    iwae_k: int
-    iwae_examples: int
-    probe_rows: int
-    prior_samples: int
-    seed: int
-    judge: str  # the digit classifier's fingerprint: FDs from different judges are not comparable
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-
-def comparison_protocol(store: TensorStore, cfg: ComparisonConfig, judge: str) -> ComparisonProtocol:
+def comparison_protocol(store: TensorStore, cfg: ComparisonConfig, judge: str) -> MeasurementProtocol:
+    """The protocol both versions are measured under; each is scored in its own likelihood (`for_likelihood`)."""
     n = len(store[REPORT_SPLIT])
-    return ComparisonProtocol(
+    return MeasurementProtocol(
         dataset=store.dataset,
-        data_version=store.content_sha256,
+        data_version=store.content_sha256,  # the store both are measured on (not necessarily the one either trained on)
         split=REPORT_SPLIT,
+        likelihood="",
+        seed=cfg.seed,
         iwae_k=cfg.iwae_k,
         iwae_examples=min(cfg.iwae_examples, n),
         probe_rows=min(cfg.probe_max_train, len(store["train"])),
+        judge=judge,  # FDs from different judges are not comparable
         prior_samples=cfg.prior_samples,
-        seed=cfg.seed,
-        judge=judge,
     )
 
 
 @dataclass(frozen=True)
 class VersionFigures:
-    """One version's figures under a `ComparisonProtocol`."""
+    """One version's figures, with the protocol they were measured under (the shared one, in its likelihood)."""
 
-    likelihood: str
-    scoring: str  # what its NLLs score: "binarized, seed N" or "grey values"
+    protocol: MeasurementProtocol
     latent_dim: int
     iwae_nll: float  # nats per image
     iwae_nll_se: float
@@ -79,11 +63,11 @@ class VersionFigures:
     per_class_recon: dict[int, float]  # label -> mean recon_nll_at_mu
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "protocol": self.protocol.to_dict()}
 
 
 def version_figures(
-    model: VAE, store: TensorStore, protocol: ComparisonProtocol, judge: Judge, reference_features: ArrayLike,
+    model: VAE, store: TensorStore, protocol: MeasurementProtocol, judge: Judge, reference_features: ArrayLike,
     device: torch.device | str,
 ) -> VersionFigures:
     """Measure one version under `protocol`; `reference_features` are the judge's features of the split's images."""
@@ -91,20 +75,14 @@ def version_figures(
         raise ValueError(f"the protocol is for data version {protocol.data_version[:12]}, the store holds {store.content_sha256[:12]}.")
     if not model.cfg.variational:
         raise ValueError("version comparison measures VAEs (IWAE NLL, KL); this model is a plain auto-encoder.")
-    likelihood = model.cfg.likelihood
-    scoring = f"binarized, seed {protocol.seed}" if likelihood == "bernoulli" else "grey values"
-    gated = gate_figures(model, store, GateProtocol(
-        dataset=protocol.dataset, data_version=protocol.data_version, split=protocol.split, likelihood=likelihood,
-        scoring=scoring, iwae_k=protocol.iwae_k, iwae_examples=protocol.iwae_examples, probe_rows=protocol.probe_rows,
-        seed=protocol.seed,
-    ), device)
+    measured = protocol.for_likelihood(model.cfg.likelihood)
+    gated = gate_figures(model, store, measured, device)
     rows = encode_splits(model, store, device, protocol.seed, splits=(protocol.split,))[protocol.split]
     per_class = per_class_error_stats(rows["recon_nll_at_mu"], rows["label"])["mean"]
     z = sample_standard_normal(protocol.prior_samples, model.latent_dim, torch.Generator().manual_seed(protocol.seed))  # (n, d)
     prior = sample_quality(judge, decode_latents(model, z, device=device), reference_features, device)
     return VersionFigures(
-        likelihood=likelihood,
-        scoring=scoring,
+        protocol=measured,
         latent_dim=model.latent_dim,
         iwae_nll=gated["iwae_nll"],
         iwae_nll_se=gated["iwae_nll_se"],
@@ -117,14 +95,10 @@ def version_figures(
     )
 
 
-def likelihood_incomparable(baseline: VersionFigures, candidate: VersionFigures) -> str | None:
-    """Why the two versions' likelihood figures (IWAE NLL, reconstruction NLL) cannot be compared, or None."""
-    if baseline.scoring != candidate.scoring:
-        return (
-            f"the baseline scores {baseline.likelihood} ({baseline.scoring}) and the candidate {candidate.likelihood} "
-            f"({candidate.scoring}): different quantities"
-        )
-    return None
+def incomparable_note(baseline: VersionFigures, candidate: VersionFigures) -> str | None:
+    """Why the two versions' likelihood figures (IWAE NLL, reconstruction NLL) are not compared, or None when they are."""
+    verdict = comparable(baseline.protocol, candidate.protocol)
+    return None if verdict.comparable else f"measured differently (baseline vs candidate: {verdict})"
 
 
 def per_class_deltas(baseline: VersionFigures, candidate: VersionFigures) -> pd.DataFrame:
@@ -149,10 +123,10 @@ def _row(name: str, a: float, b: float, fmt: str, lower_is_better: bool | None, 
 
 def comparison_markdown(
     baseline_name: str, baseline: VersionFigures, candidate_name: str, candidate: VersionFigures,
-    protocol: ComparisonProtocol,
+    protocol: MeasurementProtocol,
 ) -> str:
     """The figures of both versions as one markdown table, with the protocol they share above it."""
-    note = likelihood_incomparable(baseline, candidate)
+    note = incomparable_note(baseline, candidate)
     p = protocol
     rows = [
         f"Both measured on the {p.split} split of {p.dataset} (data {p.data_version[:12]}), seed {p.seed}; "
@@ -160,7 +134,8 @@ def comparison_markdown(
         "",
         f"| figure | {baseline_name} (baseline) | {candidate_name} (candidate) | candidate - baseline |",
         "| --- | --- | --- | --- |",
-        f"| likelihood | {baseline.likelihood}, {baseline.scoring} | {candidate.likelihood}, {candidate.scoring} | |",
+        f"| likelihood | {baseline.protocol.likelihood}, {baseline.protocol.scoring} | "
+        f"{candidate.protocol.likelihood}, {candidate.protocol.scoring} | |",
         f"| latent dimensions (active) | {baseline.latent_dim} ({int(baseline.active_units)}) | "
         f"{candidate.latent_dim} ({int(candidate.active_units)}) | |",
         _row(f"IWAE NLL, k={p.iwae_k}, {p.iwae_examples} images (nats)", baseline.iwae_nll, candidate.iwae_nll, ".2f", True, note),

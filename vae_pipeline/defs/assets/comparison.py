@@ -1,6 +1,5 @@
 """Two registered versions side by side (by default the champion and the version just trained), measured the same way."""
 
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -18,7 +17,7 @@ from vae_pipeline.core.selection.version_comparison import (
     VersionFigures,
     comparison_markdown,
     comparison_protocol,
-    likelihood_incomparable,
+    incomparable_note,
     per_class_deltas,
     per_class_markdown,
     version_figures,
@@ -110,11 +109,11 @@ def version_comparison(
                          f"{REPORT_SPLIT} images, reconstruction per class, probe, {protocol.prior_samples} prior draws")
         measured.append(version_figures(evaluated.model, store, protocol, judge, reference, device))
     before, after = measured  # the baseline's figures, the candidate's
-    note = likelihood_incomparable(before, after)
+    note = incomparable_note(before, after)
     deltas = per_class_deltas(before, after)
     manifest = VersionComparison(
         compared=True,
-        protocol=json.loads(protocol.to_json()),
+        protocol=protocol.to_dict(),
         config=to_dict(cfg),
         baseline_version=baseline.record.model_version,
         candidate_version=candidate.record.model_version,

@@ -7,6 +7,7 @@ t-SNE, interpolation smoothness and the IWAE NLL are supporting figures.
 """
 
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,20 @@ from vae_pipeline.core.model.inference import (
     rate_distortion,
 )
 from vae_pipeline.core.model.vae import VAE
+from vae_pipeline.core.selection.protocol import MeasurementProtocol, comparable
 from vae_pipeline.core.stopwatch import Stopwatch
 from vae_pipeline.core.streams import stream
 from vae_pipeline.defs.assets.outputs import png_markdown, version_folder
 from vae_pipeline.defs.automation import on_new_data
 from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.identity import versions
-from vae_pipeline.defs.identity.lineage import check_judge_data, check_same_data, load_model_store, load_trained_model
+from vae_pipeline.defs.identity.lineage import (
+    LineageError,
+    check_judge_data,
+    check_same_data,
+    load_model_store,
+    load_trained_model,
+)
 from vae_pipeline.defs.identity.versions import JUST_TRAINED
 from vae_pipeline.defs.manifests import DigitClassifier, LatentEvaluation, MnistTensors, TrainedModel, write_manifest
 from vae_pipeline.defs.reuse import code_version, stored_result
@@ -59,6 +67,36 @@ LatentEvaluationConfig = dagster_config(
         "Which VAE to evaluate: empty for the version this run trained, a registered version number (7) "
         "or an alias (champion, challenger) of the dataset's registered model.")))},
 )
+
+
+def evaluation_protocol(mnist_tensors: MnistTensors, config: EvaluationConfig, likelihood: str, judge: str) -> MeasurementProtocol:
+    """How latent_evaluation measures a model of `likelihood` on this run's test split, judged by `judge`."""
+    counts = mnist_tensors.counts
+    named = ("seed", "iwae_k", "iwae_examples", "probe_max_train", "regularity_samples")  # fields of the protocol itself
+    return MeasurementProtocol(
+        dataset=mnist_tensors.dataset, data_version=mnist_tensors.content_sha256, split="test",
+        likelihood=likelihood, seed=config.seed, iwae_k=config.iwae_k, iwae_examples=min(config.iwae_examples, counts["test"]),
+        probe_rows=min(config.probe_max_train, counts["train"]), judge=judge, prior_samples=config.regularity_samples,
+        settings={k: v for k, v in to_dict(config).items() if k not in named},
+    )
+
+
+def check_measured_on_its_data(evaluated: TrainedModel | versions.RegisteredVersion, label: str, protocol: MeasurementProtocol) -> None:
+    """Fail, naming each difference, when `protocol` is for other data than the evaluated version was trained on.
+
+    The judge, the auto-encoder it is set beside and the test split are this run's; a version
+    trained on another data version would be measured unlike them.
+    """
+    own = replace(protocol, dataset=evaluated.dataset, data_version=evaluated.data_version)
+    verdict = comparable(own, protocol)
+    if not verdict.comparable:
+        trained = evaluated.data_version[:12]
+        raise LineageError(
+            f"{evaluated.model_name} {label} was trained on other data than this run's mnist_tensors, judge and "
+            f"auto-encoder (its data vs this run's: {verdict}). Materialize mnist_tensors with the config that produced "
+            f"{trained} (same raw files, val_size and split_seed; the store is content-addressed, so it is reused if still "
+            "present) together with this asset, or evaluate a version trained on this data."
+        )
 
 
 def _encode(model: VAE, store: TensorStore, device: torch.device) -> dict[str, Any]:
@@ -164,8 +202,9 @@ def latent_evaluation(
     if target is None:
         raise versions.VersionError(f"no version of {vae_model.model_name} holds alias {config_ref!r}; evaluate a "
                                     "version number or an alias that is set, or leave model_version empty.")
-    versions.check_trained_on(target, mnist_tensors.content_sha256, "this run's mnist_tensors (and its judge and auto-encoder)")
     evaluated = target.record
+    protocol = evaluation_protocol(mnist_tensors, config, target.model.cfg.likelihood, digit_classifier.fingerprint)
+    check_measured_on_its_data(evaluated, target.label, protocol)
     if evaluated is not vae_model:
         context.log.info(f"evaluating {evaluated.model_name} {target.label} (model_version={config_ref!r}), "
                          f"not the version this run trained (v{vae_model.model_version})")
@@ -254,7 +293,7 @@ def latent_evaluation(
         kl_per_dimension=kl_dims.tolist(),
         latent_dim=models["vae"].latent_dim,
         config=to_dict(config),
-        protocol={"split": "test", "judge": digit_classifier.fingerprint, "data_version": evaluated.data_version},
+        protocol=protocol.to_dict(),
         model_name=evaluated.model_name,
         model_version=evaluated.model_version,
         mlflow_run_id=evaluated.mlflow_run_id,

@@ -2,6 +2,7 @@
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
@@ -13,16 +14,15 @@ from vae_pipeline.core.model.device import resolve_device
 from vae_pipeline.core.model.vae import VAE
 from vae_pipeline.core.selection.promotion import (
     Comparison,
-    GateProtocol,
     active_units_needed,
     collapse_gate,
     gate_figures,
     held_out_protocol,
-    incomparable_reason,
     nll_gate,
     probe_gate,
     protocol_for,
 )
+from vae_pipeline.core.selection.protocol import MeasurementProtocol, Verdict, comparable
 from vae_pipeline.defs.assets.comparison import version_comparison
 from vae_pipeline.defs.automation import on_new_data, on_new_data_after_passed_gates
 from vae_pipeline.defs.config_classes import dagster_config, to_core
@@ -49,18 +49,19 @@ def _champion_side(
     context: dg.AssetExecutionContext,
     client: MlflowClient,
     name: str,
-    protocol: GateProtocol,
+    protocol: MeasurementProtocol,
     store: TensorStore,
     device: Any,
     storage: PipelineStorage,
     cfg: GateConfig,
     challenger: Callable[[], VAE],
 ) -> dict[str, Any]:
-    """The champion's figures under `protocol`: recorded when measured the same way, else measured again.
+    """The champion's figures under `protocol`: recorded when measured alike, else measured again.
 
-    A champion trained on another data version is measured, with the challenger, on the validation
-    images neither trained on (`_held_out_side`): then the comparison's protocol and the
-    challenger's figures are those too.
+    A champion measured on another data version (the one it trained on) is measured again, with
+    the challenger, on the validation images neither trained on (`_held_out_side`): then the
+    comparison's protocol and the challenger's figures are those too. When that cannot be done, or
+    the two differ in what no measurement changes (dataset, likelihood), no verdict is given.
     """
     champion = version_by_alias(client, name, CHAMPION)
     if champion is None:
@@ -68,43 +69,51 @@ def _champion_side(
     version, run = int(champion.version), client.get_run(champion.run_id)
     recorded = run.data.tags.get(PROTOCOL_TAG)
     if recorded is not None:
-        before = GateProtocol.from_json(recorded)
-    else:  # measured before protocols were recorded: what it was trained on still decides comparability
-        before = GateProtocol(dataset=run.data.tags.get("dataset", "?"), data_version=run.data.tags.get("data_version", "?"),
-                              split="?", likelihood=run.data.params.get("model.likelihood", "?"), scoring="?",
-                              iwae_k=0, iwae_examples=0, probe_rows=0, seed=0)
-    reason = incomparable_reason(before, protocol)
-    if reason is not None:
-        return {"champion_version": version, "incomparable": reason}
-    if before == protocol:
+        before = MeasurementProtocol.from_json(
+            recorded, f"champion_comparison of champion v{version} (tag {PROTOCOL_TAG} of MLflow run {champion.run_id})")
+    else:  # gated before protocols were recorded: no figures to reuse, but what it is and was trained on still decide
+        facts = {"dataset": run.data.tags.get("dataset"), "data_version": run.data.tags.get("data_version"),
+                 "likelihood": run.data.params.get("model.likelihood")}
+        if None in facts.values():
+            unknown = ", ".join(k for k, v in facts.items() if v is None)
+            return {"champion_version": version, "incomparable": (
+                f"champion v{version}'s MLflow run {champion.run_id} records neither a gate protocol nor its {unknown}, so "
+                "how to measure it alike is unknown; move the champion alias by hand to a version this pipeline trained")}
+        before = replace(protocol, **facts)
+    verdict = comparable(before, protocol)
+    if not verdict.remeasurable:
+        return {"champion_version": version, "incomparable": (
+            f"champion v{version} and the challenger cannot be measured alike (champion vs challenger: {verdict})")}
+    if verdict.comparable and recorded is not None:
         figures = {k: run.data.metrics[f"gate_{k}"] for k in GATED}
         return {"champion_version": version, "champion": figures, "champion_source": "recorded"}
-    if before.data_version != protocol.data_version:
-        return _held_out_side(context, client, name, champion, before.data_version, protocol, store, device, storage, cfg,
-                              challenger)
-    changed = "; ".join(before.differences(protocol))
-    context.log.info(f"champion v{version} was measured under another protocol ({changed}); measuring it again")
+    if "data_version" in verdict.fields:
+        return _held_out_side(context, client, name, champion, before.data_version, verdict, protocol, store, device,
+                              storage, cfg, challenger)
+    changed = f"its recorded protocol differed: {verdict}" if recorded is not None else "no protocol was recorded"
+    context.log.info(f"champion v{version}: {changed}; measuring it again under the challenger's protocol")
     figures = gate_figures(registered(client, name, champion, device).model, store, protocol, device)
-    return {"champion_version": version, "champion": figures, "champion_source": f"re-measured (was {changed})"}
+    return {"champion_version": version, "champion": figures, "champion_source": f"re-measured ({changed})"}
 
 
 def _held_out_side(
-    context: dg.AssetExecutionContext, client: MlflowClient, name: str, champion: Any, champion_data: str,
-    protocol: GateProtocol, store: TensorStore, device: Any, storage: PipelineStorage, cfg: GateConfig,
+    context: dg.AssetExecutionContext, client: MlflowClient, name: str, champion: Any, champion_data: str, verdict: Verdict,
+    protocol: MeasurementProtocol, store: TensorStore, device: Any, storage: PipelineStorage, cfg: GateConfig,
     challenger: Callable[[], VAE],
 ) -> dict[str, Any]:
     """Both models on the challenger's validation images that the champion did not train on, or why that cannot be done."""
     version = int(champion.version)
+    differ = f"champion v{version} was measured on other data than the challenger (champion vs challenger: {verdict})"
     champion_store = stored_tensors(storage, protocol.dataset, champion_data)
     if champion_store is None:
         return {"champion_version": version, "incomparable": (
-            f"champion v{version} was trained on data version {champion_data[:12]}, whose tensor store is not in the data "
-            f"folder {storage.location}, so the images it trained on are unknown and any validation image may be one of "
-            "them; re-materialize mnist_tensors with the champion's raw files, val_size and split_seed (the store is "
+            f"{differ}, and the tensor store it trained on, data version {champion_data[:12]}, is not in the data folder "
+            f"{storage.location}, so the images it trained on are unknown and any validation image may be one of them; "
+            "re-materialize mnist_tensors with the champion's raw files, val_size and split_seed (the store is "
             "content-addressed), or move the champion alias by hand")}
     held = held_out_protocol(protocol, store, champion_store["train"], champion_data, cfg.min_held_out)
     if isinstance(held, str):
-        return {"champion_version": version, "incomparable": held}
+        return {"champion_version": version, "incomparable": f"{differ}, and {held}"}
     shared, rows = held
     context.log.info(f"champion v{version} was trained on data version {champion_data[:12]}: measuring both models on the "
                      f"{len(rows)} of {len(store[protocol.split])} {protocol.split} images it did not train on")
@@ -121,10 +130,14 @@ class PromotionRefused(RuntimeError):
     """champion_model was asked to move the alias to a version whose gates did not all pass."""
 
 
-def _recorded_figures(client: MlflowClient, run_id: str, protocol: GateProtocol) -> dict[str, float] | None:
-    """The run's gate figures when they were measured under exactly `protocol` (the tag is set after the metrics)."""
+def _recorded_figures(client: MlflowClient, run_id: str, protocol: MeasurementProtocol) -> dict[str, float] | None:
+    """The run's gate figures when they were measured alike `protocol` (the tag is set after the metrics)."""
     run = client.get_run(run_id)
-    if run.data.tags.get(PROTOCOL_TAG) != protocol.to_json() or not all(f"gate_{k}" in run.data.metrics for k in GATED):
+    recorded = run.data.tags.get(PROTOCOL_TAG)
+    if recorded is None or not all(f"gate_{k}" in run.data.metrics for k in GATED):
+        return None
+    before = MeasurementProtocol.from_json(recorded, f"champion_comparison (tag {PROTOCOL_TAG} of MLflow run {run_id})")
+    if not comparable(before, protocol).comparable:
         return None
     return {k: run.data.metrics[f"gate_{k}"] for k in GATED}
 

@@ -1,6 +1,6 @@
 """Every evaluated variant of the sweep in one table (parquet) and one rate-distortion picture, also in MLflow."""
 
-import json
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from vae_pipeline.core.evaluation import latents
 from vae_pipeline.core.model.config import to_dict
+from vae_pipeline.core.selection.protocol import MeasurementProtocol
 from vae_pipeline.core.selection.sweep import Variant
 from vae_pipeline.core.selection.sweep_comparison import VariantRow, rate_distortion_png, sweep_table, table_markdown
 from vae_pipeline.defs.assets.outputs import png_markdown
@@ -32,19 +33,25 @@ def _training_setup(model: TrainedModel) -> dict:
     return {k: v for k, v in setup.items() if k not in varied}
 
 
+def _protocol(variant: str, model: TrainedModel, evaluation: LatentEvaluation) -> MeasurementProtocol:
+    """How a variant's row was measured (its evaluation) and its model trained."""
+    stored = evaluation.protocol
+    if "seed" not in stored:  # an earlier release stored split, judge and data version here, the settings in `config`
+        stored = {**evaluation.config, **stored, "iwae_examples": int(evaluation.metrics["eval_iwae_examples"])}
+    measured = MeasurementProtocol.from_dict(stored, f"latent_evaluation[{variant}]", dataset=model.dataset,
+                                             likelihood=Variant.from_key(variant).likelihood)
+    return replace(measured, training=_training_setup(model))
+
+
 def _row(storage: PipelineStorage, variant: str, model: TrainedModel, embeddings: LatentEmbeddings,
          evaluation: LatentEvaluation) -> VariantRow:
     """One variant's figures: reconstruction and KL from its latents table, the rest from its test evaluation."""
     m, key = evaluation.metrics, Variant.from_key(variant)
     table = pd.read_parquet(storage.resolve(embeddings.path), columns=["split", "recon_nll_at_mu", "kl"])
     test = table[table["split"] == "test"]
-    protocol = {**evaluation.protocol, **evaluation.config}
     return VariantRow(
-        variant=variant, latent_dim=key.latent_dim, beta=key.beta, likelihood=key.likelihood,
-        model_version=int(model.model_version), data_version=model.data_version,
-        # latent_embeddings' manifest has never carried its config, so "embeddings" has always been {} here.
-        protocol=json.dumps({**protocol, "embeddings": {}}, sort_keys=True),
-        training=json.dumps(_training_setup(model), sort_keys=True),
+        variant=variant, latent_dim=key.latent_dim, beta=key.beta, model_version=int(model.model_version),
+        protocol=_protocol(variant, model, evaluation),
         test_iwae_nll=m["eval_iwae_nll"], test_rate=m["eval_rate"], test_distortion=m["eval_distortion"],
         test_recon_nll_at_mu=float(test["recon_nll_at_mu"].mean()), test_kl_of_grey_input=float(test["kl"].mean()),
         probe_accuracy=m["eval_probe_accuracy"], knn_accuracy=m["eval_knn_accuracy"], active_units=int(m["eval_active_units"]),

@@ -23,7 +23,7 @@ from vae_pipeline.core.model.checkpoint import load_model
 from vae_pipeline.core.model.config import ConfigError
 from vae_pipeline.core.model.vae import VAE
 from vae_pipeline.core.selection.sweep import Variant
-from vae_pipeline.defs.identity.lineage import LineageError, load_trained_model
+from vae_pipeline.defs.identity.lineage import load_trained_model
 from vae_pipeline.defs.manifests import TrainedModel
 from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline.defs.tracking.models import download_checkpoint, version_by_alias
@@ -142,18 +142,6 @@ def resolve(
     if int(version.version) == vae_model.model_version:
         return just_trained(storage, vae_model, device)  # the same model: no download
     return registered(client, name, version, device)
-
-
-def check_trained_on(evaluated: Evaluated, data_version: str, what: str) -> None:
-    """Fail when a referenced version was trained on other data than `what` (this run's store, judge, baseline)."""
-    trained = evaluated.record.data_version
-    if trained != data_version:
-        raise LineageError(
-            f"{evaluated.record.model_name} {evaluated.label} was trained on data version {trained[:12]}, but {what} "
-            f"is {data_version[:12]}. Materialize mnist_tensors with the config that produced {trained[:12]} (same raw "
-            "files, val_size and split_seed; the store is content-addressed, so it is reused if still present) "
-            "together with this asset, or evaluate a version trained on this data."
-        )
 
 
 def variant_of_version(client: MlflowClient, version: Any) -> str | None:

@@ -15,16 +15,15 @@ so the run's history gains no second point, and writes the model's row once howe
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
-from typing import Any
 
 from mlflow.entities import Metric, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from vae_pipeline.core.model.config import ModelConfig, TrainConfig, to_dict
+from vae_pipeline.core.selection.protocol import MeasurementProtocol
 from vae_pipeline.defs.manifests import ChampionComparison, LatentEvaluation, TrainedModel
 from vae_pipeline.defs.tracking.resource import TrackingError
 
@@ -82,7 +81,7 @@ def record_gates(client: MlflowClient, comparison: ChampionComparison) -> None:
     figures, outcomes = comparison.challenger, {gate: comparison.gates[gate] for gate in GATES}
     failed = [gate for gate, (passed, _) in outcomes.items() if not passed]
     tags = {
-        "gate_protocol": json.dumps(comparison.protocol, sort_keys=True),  # as the run's gate_protocol tag
+        "gate_protocol": MeasurementProtocol.from_dict(comparison.protocol).to_json(),  # as the run's gate_protocol tag
         **{f"gate_{key}": _number(figures[key]) for key in GATE_FIGURES if key != "active_units"},
         "gate_active_units": str(int(figures["active_units"])),
         **{f"gate.{gate}": f"{'passed' if passed else 'failed'}: {text}" for gate, (passed, text) in outcomes.items()},
@@ -99,9 +98,8 @@ def record_evaluation(client: MlflowClient, report: LatentEvaluation) -> None:
     if version is None:
         return
     metrics = report.metrics
-    protocol = {**report.protocol, **report.config, "iwae_examples": int(metrics["eval_iwae_examples"])}
     tags = {
-        "eval_protocol": json.dumps(protocol, sort_keys=True),
+        "eval_protocol": MeasurementProtocol.from_dict(report.protocol).to_json(),
         **{key: _number(metrics[key]) for key in EVAL_HEADLINE},
         "eval_regular": "true" if report.regular else "false",
     }
@@ -139,17 +137,20 @@ def render_description(tags: dict[str, str]) -> str:
                      f"trained by Dagster run [{tags['dagster_run_id'][:8]}]({tags['dagster_run_url']}).")
     parts += [_capitalized(tags[key]) + "." for key in ("promotion", "replaced") if key in tags]
     if "gates" in tags:
-        parts.append(f"Validation ({_protocol_text(json.loads(tags['gate_protocol']))}): IWAE NLL {tags['gate_iwae_nll']} "
+        gated = MeasurementProtocol.from_json(tags["gate_protocol"], "champion_comparison of this version")
+        parts.append(f"Validation ({gated.describe()}): IWAE NLL {tags['gate_iwae_nll']} "
                      f"± {tags['gate_iwae_nll_se']} nats, probe accuracy {tags['gate_probe_accuracy']}, "
                      f"{tags['gate_active_units']} active units.")
         parts.append("\n".join([f"Promotion gates: **{tags['gates']}**",
                                 *(f"- {gate}: {tags[f'gate.{gate}']}" for gate in GATES if f"gate.{gate}" in tags)]))
     if "eval_protocol" in tags:
-        p = json.loads(tags["eval_protocol"])
+        # An earlier release recorded no dataset or likelihood with the test figures; the text shows neither.
+        p = MeasurementProtocol.from_json(tags["eval_protocol"], "latent_evaluation of this version",
+                                          dataset=tags.get("dataset", ""), likelihood="")
         parts.append(
-            f"Test evaluation (judge `{p['judge'][:8]}`, seed {p['seed']}): IWAE NLL {tags['eval_iwae_nll']} nats "
-            f"(k={p['iwae_k']}, {p['iwae_examples']} images), probe accuracy {tags['eval_probe_accuracy']} (at most "
-            f"{p['probe_max_train']} training rows); judge FD to test digits of decoded prior draws {tags['eval_prior_fd']} "
+            f"Test evaluation (judge `{p.judge[:8]}`, seed {p.seed}): IWAE NLL {tags['eval_iwae_nll']} nats "
+            f"(k={p.iwae_k}, {p.iwae_examples} images), probe accuracy {tags['eval_probe_accuracy']} ("
+            f"{p.probe_rows} training rows); judge FD to test digits of decoded prior draws {tags['eval_prior_fd']} "
             f"(AE {tags['eval_ae_prior_fd']}, AE fitted Gaussian {tags['eval_ae_fitted_prior_fd']}), of midpoints "
             f"{tags['eval_midpoint_fd']} (AE {tags['eval_ae_midpoint_fd']}); latent space more regular than the AE's: "
             f"{'yes' if tags['eval_regular'] == 'true' else 'no'}."
@@ -213,7 +214,7 @@ def _link_metrics(client: MlflowClient, run: Run, model_id: str, keys: Iterable[
 
 def _promotion_reason(version: int, previous: int | None, comparison: ChampionComparison) -> str:
     mine, theirs, other = comparison.challenger, comparison.champion, comparison.champion_version
-    where = _protocol_text(comparison.protocol)
+    where = MeasurementProtocol.from_dict(comparison.protocol).describe()
     if previous == version:
         return (f"v{version} already held the alias (set by hand, or before promotions were recorded); val IWAE NLL "
                 f"{mine['iwae_nll']:.2f} nats, probe accuracy {mine['probe_accuracy']:.4f} ({where})")
@@ -226,12 +227,6 @@ def _promotion_reason(version: int, previous: int | None, comparison: ChampionCo
               f"{mine['probe_accuracy']:.4f} vs {theirs['probe_accuracy']:.4f} (same protocol: {where}; v{other}'s "
               f"figures {comparison.champion_source})")
     return reason + (f"; replaces v{previous}" if previous is not None else "")
-
-
-def _protocol_text(protocol: dict[str, Any]) -> str:
-    return (f"{protocol['split']} split, IWAE k={protocol['iwae_k']} on {protocol['iwae_examples']} images "
-            f"({protocol['scoring']}), probe on {protocol['probe_rows']} training rows, "
-            f"data {protocol['data_version'][:12]}")  # not a manifest: a protocol dict
 
 
 def _number(value: float) -> str:

@@ -12,19 +12,18 @@ from vae_pipeline.core.model.config import GateConfig, ModelConfig
 from vae_pipeline.core.model.vae import build_model
 from vae_pipeline.core.selection.promotion import (
     Comparison,
-    GateProtocol,
     collapse_gate,
     gate_figures,
     held_out_protocol,
     held_out_rows,
-    incomparable_reason,
     nll_gate,
     probe_gate,
     protocol_for,
 )
+from vae_pipeline.core.selection.protocol import MeasurementProtocol
 
-PROTOCOL = GateProtocol(dataset="mnist", data_version="abc", split="val", likelihood="bernoulli",
-                        scoring="binarized, seed 0", iwae_k=1000, iwae_examples=2000, probe_rows=10000, seed=0)
+PROTOCOL = MeasurementProtocol(dataset="mnist", data_version="abc", split="val", likelihood="bernoulli", seed=0,
+                               iwae_k=1000, iwae_examples=2000, probe_rows=10000)
 FIGURES = {"iwae_nll": 100.0, "iwae_nll_se": 0.3, "probe_accuracy": 0.90, "active_units": 20.0}
 
 
@@ -60,20 +59,16 @@ class TestGates:
         assert collapse_gate(0.0, 2, 0.1) == (False, "0 of 2 latent units active on the val split (need 1)")
 
 
-class TestComparability:
-    def test_same_dataset_and_likelihood_are_comparable_whatever_the_estimator(self) -> None:
-        other_k = dataclasses.replace(PROTOCOL, iwae_k=5000, probe_rows=600)
-        assert incomparable_reason(PROTOCOL, other_k) is None
-        assert PROTOCOL.differences(other_k) == ["iwae_k: 1000 -> 5000", "probe_rows: 10000 -> 600"]
+class TestProtocolFor:
+    def test_records_the_split_data_and_scoring_capped_by_the_split(self) -> None:
+        store = _store()
+        protocol = protocol_for(store, "bernoulli", GateConfig(seed=3, iwae_k=5, iwae_examples=2000, probe_max_train=10_000))
+        assert (protocol.dataset, protocol.data_version, protocol.split) == ("mnist", "v1", "val")
+        assert (protocol.iwae_examples, protocol.probe_rows, protocol.scoring) == (60, 60, "binarized, seed 3")
 
-    def test_another_likelihood_or_dataset_is_not(self) -> None:
-        gaussian = dataclasses.replace(PROTOCOL, likelihood="gaussian", scoring="grey values")
-        assert "different quantities" in incomparable_reason(PROTOCOL, gaussian)
-        fashion = dataclasses.replace(PROTOCOL, dataset="fashion_mnist")
-        assert "not comparable" in incomparable_reason(PROTOCOL, fashion)
-
-    def test_the_protocol_round_trips_through_json(self) -> None:
-        assert GateProtocol.from_json(PROTOCOL.to_json()) == PROTOCOL
+    def test_the_comparison_stores_the_protocol_with_its_scoring(self) -> None:
+        stored = _comparison(FIGURES).to_dict()["protocol"]
+        assert stored["scoring"] == "binarized, seed 0" and MeasurementProtocol.from_dict(stored) == PROTOCOL
 
 
 def _images(n: int, seed: int, brightness: float = 1.0) -> torch.Tensor:

@@ -9,22 +9,25 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from vae_pipeline.core.selection.protocol import MeasurementProtocol
 from vae_pipeline.core.selection.sweep_comparison import VariantRow, rate_distortion_png, sweep_table, table_markdown
 
-PROTOCOL = json.dumps({"split": "test", "judge": "j1", "iwae_k": 1000}, sort_keys=True)
-TRAINING = json.dumps({"epochs": 30, "architecture": "mlp", "hidden_dims": [400], "learning_rate": 0.001,
-                       "binarization": "dynamic"}, sort_keys=True)
+PROTOCOL = MeasurementProtocol(
+    dataset="mnist", data_version="d" * 64, split="test", likelihood="bernoulli", seed=0, iwae_k=1000, iwae_examples=2000,
+    probe_rows=10_000, judge="j1", training={"epochs": 30, "architecture": "mlp", "hidden_dims": [400],
+                                             "learning_rate": 0.001, "binarization": "dynamic"},
+)
 
 
 def _row(variant: str, latent_dim: int, beta: float, **changes: object) -> VariantRow:
-    row = VariantRow(
-        variant=variant, latent_dim=latent_dim, beta=beta, likelihood="bernoulli", model_version=1, data_version="d" * 64,
-        protocol=PROTOCOL, training=TRAINING, test_iwae_nll=100.0 - latent_dim, test_rate=5.0 + latent_dim / beta,
+    """A row measured under PROTOCOL, but for `changes` of its protocol's fields."""
+    return VariantRow(
+        variant=variant, latent_dim=latent_dim, beta=beta, model_version=1, protocol=dataclasses.replace(PROTOCOL, **changes),
+        test_iwae_nll=100.0 - latent_dim, test_rate=5.0 + latent_dim / beta,
         test_distortion=92.0 - 2 * latent_dim / beta, test_recon_nll_at_mu=90.0 - 2 * latent_dim / beta,
         test_kl_of_grey_input=4.5 + latent_dim / beta, probe_accuracy=0.8, knn_accuracy=0.85, active_units=latent_dim, prior_fd=200.0,
         midpoint_fd=210.0, prior_holes_share=0.1, prior_mmd2=0.01, regular=True,
     )
-    return dataclasses.replace(row, **changes)
 
 
 SWEEP = [_row("z10-b1-bern", 10, 1.0), _row("z2-b4-bern", 2, 4.0), _row("z2-b0.5-bern", 2, 0.5)]
@@ -39,34 +42,36 @@ class TestSweepTable:
                 "test_recon_nll_at_mu", "test_kl_of_grey_input", "probe_accuracy", "knn_accuracy", "prior_fd", "midpoint_fd", "prior_holes_share"} <= set(table.columns)
 
     def test_other_evaluation_settings_are_kept_but_not_comparable(self) -> None:
-        other = json.dumps({"split": "test", "judge": "j1", "iwae_k": 20}, sort_keys=True)
-        table = sweep_table([*SWEEP, _row("z20-b1-bern", 20, 1.0, protocol=other)], reference="z10-b1-bern")
+        table = sweep_table([*SWEEP, _row("z20-b1-bern", 20, 1.0, iwae_k=20)], reference="z10-b1-bern")
         row = table.set_index("variant").loc["z20-b1-bern"]
         assert not row["comparable"]
-        assert "not comparable with z10-b1-bern" in row["note"] and "iwae_k" in row["note"]
+        assert row["note"] == ("not comparable with z10-b1-bern: evaluated with other settings (iwae_k: 20 vs 1000); "
+                               "re-materialize its evaluation")
         assert table.drop(index=table.index[table["variant"] == "z20-b1-bern"])["comparable"].all()
 
     def test_other_data_and_other_likelihood_are_named(self) -> None:
         table = sweep_table([*SWEEP, _row("z2-b1-gauss", 2, 1.0, likelihood="gaussian"),
                              _row("z2-b1-bern", 2, 1.0, data_version="e" * 64)])
         notes = table.set_index("variant")["note"]
-        assert "gaussian likelihood" in notes["z2-b1-gauss"]
-        assert "data version eeeeeeeeeeee, not dddddddddddd" in notes["z2-b1-bern"]
+        assert "its NLLs are in other units (likelihood: gaussian vs bernoulli (a Bernoulli NLL" in notes["z2-b1-gauss"]
+        assert notes["z2-b1-bern"] == ("not comparable with z10-b1-bern: trained and measured on other data "
+                                       "(data_version: eeeeeeeeeeee vs dddddddddddd); retrain it on this data")
+        assert table.set_index("variant").loc["z2-b1-gauss", "likelihood"] == "gaussian"
 
     def test_a_variant_trained_differently_is_marked_with_what_differs_and_left_out_of_the_picture(self, tmp_path: Path) -> None:
         """Fails if rows measured alike but trained differently (2 epochs beside 30) count as comparable."""
-        short = json.dumps({**json.loads(TRAINING), "epochs": 2, "learning_rate": 0.01}, sort_keys=True)
+        short = {**PROTOCOL.training, "epochs": 2, "learning_rate": 0.01}
         table = sweep_table([*SWEEP, _row("z20-b1-bern", 20, 1.0, training=short)], reference="z10-b1-bern")
         row = table.set_index("variant").loc["z20-b1-bern"]
         assert not row["comparable"]
-        assert "trained differently (epochs: 2 vs 30; learning_rate: 0.01 vs 0.001)" in row["note"]
+        assert "trained differently (training.epochs: 2 vs 30; training.learning_rate: 0.01 vs 0.001)" in row["note"]
+        assert json.loads(row["training"]) == short and json.loads(row["protocol"])["training"] == short
         assert "retrain it with z10-b1-bern's training config" in row["note"]
         drawn = table[table["comparable"]]
         assert list(drawn["variant"]) == ["z2-b0.5-bern", "z2-b4-bern", "z10-b1-bern"]
 
     def test_the_reference_decides_when_it_is_the_odd_one(self) -> None:
-        other = json.dumps({"split": "test", "judge": "j2", "iwae_k": 1000}, sort_keys=True)
-        table = sweep_table([*SWEEP, _row("z20-b1-bern", 20, 1.0, protocol=other)], reference="z20-b1-bern")
+        table = sweep_table([*SWEEP, _row("z20-b1-bern", 20, 1.0, judge="j2")], reference="z20-b1-bern")
         assert table.set_index("variant")["comparable"].to_dict() == {
             "z2-b0.5-bern": False, "z2-b4-bern": False, "z10-b1-bern": False, "z20-b1-bern": True}
 
