@@ -124,6 +124,16 @@ class StoredResult:
     record: Path
     key: str
 
+    def materialization(self, log: Any, what: str) -> dg.MaterializeResult | None:
+        """The recorded result as this step's materialization (metadata `reused`: True), else None.
+
+        The log says `what` is unchanged and reused, or (from `load`) why the result is computed again.
+        """
+        if (reused := self.load(log)) is None:
+            return None
+        log.info(f"{what}; reusing it")
+        return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
+
     def load(self, log: Any) -> Reused | None:
         """The recorded result when its key and files match, else None (and the log says why when it existed)."""
         self.storage.fetch(self.storage.relative(self.record))

@@ -98,9 +98,9 @@ def version_comparison(
     report_path, samples_png = folder / "comparison.json", folder / "prior_samples.png"
     result = stored_result(context, storage, record=f"{name}/{baseline.label}-vs-{candidate.label}", protocol=protocol.to_json(),
                            runs=[baseline.record.mlflow_run_id, candidate.record.mlflow_run_id])
-    if (reused := result.load(context.log)) is not None:
-        context.log.info(f"{baseline.label} vs {candidate.label}: measured before under the same protocol; reusing {report_path}")
-        return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
+    if (reused := result.materialization(context.log, f"{baseline.label} vs {candidate.label}: measured before under the same "
+                                                      f"protocol ({report_path})")) is not None:
+        return reused
     judge, _ = load_judge(storage.resolve(digit_classifier.checkpoint), device)
     reference, _ = judge_outputs(judge, store[REPORT_SPLIT].float_images(), device)  # (n_test, feature_dim)
     measured = []

@@ -214,9 +214,9 @@ def latent_evaluation(
         autoencoder={"fingerprint": ae.fingerprint, "checkpoint_sha256": ae.checkpoint_sha256, "mlflow_run_id": ae.mlflow_run_id},
         judge=digit_classifier.fingerprint,
     )
-    if (reused := result.load(context.log)) is not None:
-        context.log.info(f"{target.label}'s evaluation: models, judge, config and code unchanged; reusing it")
-        return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
+    unchanged = f"{target.label}'s evaluation: models, judge, config and code unchanged"
+    if (reused := result.materialization(context.log, unchanged)) is not None:
+        return reused
     watch = Stopwatch()  # each stage's seconds, recorded as eval_<stage>_seconds beside its figures
     with watch("load"):
         store = load_model_store(storage, vae_model)

@@ -68,9 +68,9 @@ def latent_embeddings(
     config = to_core(config, EmbeddingsConfig)
     check_same_data(vae_model, mnist_tensors)
     result = stored_result(context, storage, model=vae_model, config=to_dict(config))
-    if (reused := result.load(context.log)) is not None:
-        context.log.info(f"v{vae_model.model_version}'s latents are unchanged since they were written; reusing them")
-        return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
+    unchanged = f"v{vae_model.model_version}'s latents are unchanged since they were written"
+    if (reused := result.materialization(context.log, unchanged)) is not None:
+        return reused
     device = resolve_device("auto")
     model = load_trained_model(storage, vae_model, device)
     store = load_model_store(storage, vae_model)
@@ -125,9 +125,9 @@ def prior_samples(
     config = to_core(config, SamplesConfig)
     check_same_data(vae_model, mnist_tensors)
     result = stored_result(context, storage, model=vae_model, config=to_dict(config))
-    if (reused := result.load(context.log)) is not None:
-        context.log.info(f"v{vae_model.model_version}'s samples are unchanged since they were drawn; reusing them")
-        return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
+    unchanged = f"v{vae_model.model_version}'s samples are unchanged since they were drawn"
+    if (reused := result.materialization(context.log, unchanged)) is not None:
+        return reused
     device = resolve_device("auto")
     model = load_trained_model(storage, vae_model, device)
     folder = version_folder(storage, "samples", vae_model)
@@ -182,9 +182,8 @@ def reconstruction_report(
     earlier = sorted(int(v) for v in versions_present if v < version and int(v) in same_variant)
     result = stored_result(context, storage, model=vae_model, config=to_dict(config), latents=latent_embeddings.path,
                            previous=earlier[-1] if earlier else None)
-    if (reused := result.load(context.log)) is not None:
-        context.log.info(f"v{version}'s report is unchanged since it was written; reusing it")
-        return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
+    if (reused := result.materialization(context.log, f"v{version}'s report is unchanged since it was written")) is not None:
+        return reused
     rows = pd.read_parquet(latents_dir, columns=["image_id", "split", "label", "recon_nll_at_mu", "kl", "model_version"])
     current = rows[rows["model_version"] == version]  # not a manifest: the latents table
     test = current[current["split"] == "test"]

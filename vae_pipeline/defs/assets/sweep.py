@@ -108,9 +108,9 @@ def sweep_comparison(
         rows={v: [model.mlflow_run_id, embeddings.path, evaluation.metrics]
               for v, (model, embeddings, evaluation) in sorted(ready.items())},
     )
-    if (reused := result.load(context.log)) is not None:
-        context.log.info(f"the {len(ready)} evaluated variants are the ones compared before; reusing {parquet_path}")
-        return dg.MaterializeResult(value=reused.manifest, metadata={**reused.metadata, "reused": True})
+    if (reused := result.materialization(context.log, f"the {len(ready)} evaluated variants are the ones compared before "
+                                                      f"({parquet_path})")) is not None:
+        return reused
     latents.write_parquet(pa.Table.from_pandas(table, preserve_index=False), parquet_path)
     rate_distortion_png(table, png_path)
     client = mlflow_tracking.activate()
