@@ -200,5 +200,6 @@ def run_backfill(team: Team, variants: list[str], assets: list[str], config: dic
     """A backfill of `assets` over `variants` through GraphQL, as the UI launches it; (its final state, seconds from launch to end)."""
     started = time.monotonic()
     backfill_id = launch_backfill(team, variants, assets, config, title)
-    backfill = wait_for(title, lambda: ended_backfill(team, backfill_id), timeout_s, 2.0, log=team.root / "logs" / "dagster-daemon.log")
+    backfill = wait_for(title, lambda: ended_backfill(team, backfill_id), timeout_s, 2.0,
+                        log=team.root / "logs" / "dagster-daemon.log")
     return backfill, time.monotonic() - started

@@ -78,8 +78,8 @@ def team(tmp_path_factory: pytest.TempPathFactory, mnist_slice_dir: Path) -> Ite
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server not found: apt-get install redis-server (.ci/run installs it)")
     with team_root(tmp_path_factory.mktemp("team")) as root, \
-            started_team(root, tmp_path_factory.mktemp("team_cwd"), mnist_slice_dir,
-                         VAE_TEAM_STEP_TIME_LIMIT=str(STEP_TIME_LIMIT_S), VAE_TEAM_REDELIVERY_MARGIN=str(REDELIVERY_MARGIN_S)) as started:
+            started_team(root, tmp_path_factory.mktemp("team_cwd"), mnist_slice_dir, VAE_TEAM_STEP_TIME_LIMIT=str(STEP_TIME_LIMIT_S),
+                         VAE_TEAM_REDELIVERY_MARGIN=str(REDELIVERY_MARGIN_S)) as started:
         yield started
 
 
