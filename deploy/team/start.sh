@@ -22,7 +22,8 @@
 # VAE_TEAM_VENV (the repository's .venv); VAE_TEAM_PG_BIN (PostgreSQL's programs, found by default);
 # VAE_TEAM_DATA_DIR ($VAE_TEAM_ROOT/data): the pipeline's data folder, a path or an object store URL.
 # VAE_TEAM_STEP_TIME_LIMIT (3600): seconds a step may run on a Celery worker; a step of a worker lost
-# whole is run again on another worker about 5 minutes after this (see the Celery workers below).
+# whole is run again on another worker VAE_TEAM_REDELIVERY_MARGIN (300) seconds after this (see the
+# Celery workers below). The margin must exceed the time a worker takes to stop a step at its limit.
 # The pipeline's own settings pass through (VAE_PIPELINE_MNIST_DIR, VAE_PIPELINE_AUTOMATION,
 # VAE_PIPELINE_SWEEP); VAE_PIPELINE_DATA_DIR, MLFLOW_TRACKING_URI and DAGSTER_HOME are set here, to
 # VAE_TEAM_DATA_DIR, folders under $VAE_TEAM_ROOT and this MLflow server.
@@ -40,6 +41,7 @@ mlflow_port="${VAE_TEAM_MLFLOW_PORT:-5000}"
 dagster_port="${VAE_TEAM_DAGSTER_PORT:-3000}"
 workers="${VAE_TEAM_WORKERS:-2}"
 step_limit="${VAE_TEAM_STEP_TIME_LIMIT:-3600}"
+redelivery_margin="${VAE_TEAM_REDELIVERY_MARGIN:-300}"
 pg_user="${DAGSTER_PG_USER:-vae}"
 dagster_db="${DAGSTER_PG_DB:-dagster}"
 mlflow_db="${VAE_TEAM_MLFLOW_DB:-mlflow}"
@@ -48,6 +50,7 @@ bin="$venv/bin"
 
 fail() { echo "start.sh: $*" >&2; exit 1; }
 [[ "$step_limit" =~ ^[1-9][0-9]*$ ]] || fail "VAE_TEAM_STEP_TIME_LIMIT=$step_limit is not a whole number of seconds; set it to one, e.g. 3600."
+[[ "$redelivery_margin" =~ ^[1-9][0-9]*$ ]] || fail "VAE_TEAM_REDELIVERY_MARGIN=$redelivery_margin is not a whole number of seconds; set it to one, e.g. 300."
 
 # --- what must be there before anything starts ------------------------------------------------
 [ -x "$bin/dagster-webserver" ] && [ -x "$bin/dagster-celery" ] && [ -x "$bin/mlflow" ] \
@@ -210,7 +213,8 @@ wait_until "redis-server" redis 30 "$bin/python" -c 'import sys, redis; redis.Re
 # than visibility_timeout: the step runs again in the same run, and training resumes from its
 # checkpoint. Redis cannot tell a lost worker from a slow one, so a step must not outlive that
 # timeout, or it would run twice at once: task_time_limit stops a step (its worker kills it, the run
-# fails and run_retries re-executes it, resuming training) 5 minutes before Redis would hand it out,
+# fails and run_retries re-executes it, resuming training) VAE_TEAM_REDELIVERY_MARGIN seconds (5
+# minutes by default) before Redis would hand it out,
 # and a worker holds no task but the one it runs (prefetch 1; dagster-celery's default 4 let a busy
 # worker hold queued steps past the timeout, and they ran twice).
 # A pool process that dies alone (the OOM killer) is still reported lost and fails the run at once
@@ -228,7 +232,7 @@ execution:
       task_time_limit: $step_limit
       worker_prefetch_multiplier: 1
       broker_transport_options:
-        visibility_timeout: $((step_limit + 300))
+        visibility_timeout: $((step_limit + redelivery_margin))
         unacked_restore_interval: 10
         unacked_restore_throttle: 1
         # dagster-celery's own defaults (this block replaces them): retry a publish 3 times

@@ -169,19 +169,37 @@ def launch(team: Team, config: dict[str, Any], assets: list[str], tags: dict[str
     )
 
 
-def run_backfill(team: Team, variants: list[str], assets: list[str], config: dict[str, Any], title: str,
-                 timeout_s: float = 900) -> tuple[dict[str, Any], float]:
-    """A backfill of `assets` over `variants` through GraphQL, as the UI launches it; (its final state, seconds from launch to end)."""
-    started = time.monotonic()
+def launch_backfill(team: Team, variants: list[str], assets: list[str], config: dict[str, Any], title: str) -> str:
+    """A backfill of `assets` over `variants` through GraphQL, as the UI launches it; its id."""
     launched = team.dev.graphql(LAUNCH_BACKFILL, {"params": {
         "partitionNames": variants, "assetSelection": [{"path": [a]} for a in assets], "runConfigData": config, "title": title,
     }})["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    return launched["backfillId"]
 
-    def backfill_done() -> dict[str, Any] | None:
-        found = team.dev.graphql(BACKFILL, {"id": launched["backfillId"]})["partitionBackfillOrError"]
-        assert found["__typename"] == "PartitionBackfill", found
-        return found if found["status"] not in ("REQUESTED", "CANCELING") else None
 
-    backfill = wait_for(title, backfill_done, timeout_s, 2.0, log=team.root / "logs" / "dagster-daemon.log")
+def backfill_state(team: Team, backfill_id: str) -> dict[str, Any]:
+    """The backfill's status and its runs (id and status of each)."""
+    found = team.dev.graphql(BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
+    assert found["__typename"] == "PartitionBackfill", found
+    return found
+
+
+def backfill_ended(backfill: dict[str, Any]) -> bool:
+    return backfill["status"] not in ("REQUESTED", "CANCELING")
+
+
+def ended_backfill(team: Team, backfill_id: str) -> dict[str, Any] | None:
+    """The backfill's final state once it has ended, else None (a probe for wait_for)."""
+    found = backfill_state(team, backfill_id)
+    return found if backfill_ended(found) else None
+
+
+def run_backfill(team: Team, variants: list[str], assets: list[str], config: dict[str, Any], title: str,
+                 timeout_s: float = 900) -> tuple[dict[str, Any], float]:
+    """A backfill of `assets` over `variants` through GraphQL, as the UI launches it; (its final state, seconds from launch to end)."""
+    started = time.monotonic()
+    backfill_id = launch_backfill(team, variants, assets, config, title)
+    backfill = wait_for(title, lambda: ended_backfill(team, backfill_id), timeout_s, 2.0,
+                        log=team.root / "logs" / "dagster-daemon.log")
     return backfill, time.monotonic() - started

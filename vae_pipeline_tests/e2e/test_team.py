@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,14 @@ from vae_pipeline_tests.e2e.team import (
     SWEEP,
     WORKERS,
     Team,
+    backfill_ended,
+    backfill_state,
+    ended_backfill,
     files_of,
     launch,
+    launch_backfill,
     postgres_bin,
     repository_state,
-    run_backfill,
     started_team,
     team_root,
 )
@@ -53,10 +57,19 @@ from vae_pipeline_tests.helpers import PIPELINE_ASSETS, mlflow_client
 pytestmark = pytest.mark.slow
 
 # Killed during training (1-3 s an epoch on the slice): long enough to be killed after its first
-# epoch's checkpoint, short enough that the retry finishes in well under a minute.
+# epoch's checkpoint (the test polls every 0.2 s), short enough that the retry finishes in seconds.
 LONG_VARIANT = "z8-b1-bern"
-LONG_TRAINING = {"hidden_dims": [256], "epochs": 20, "batch_size": 50, "device": "cpu"}
+LONG_TRAINING = {"hidden_dims": [256], "epochs": 8, "batch_size": 50, "device": "cpu"}
 LONG_SEED = 78
+
+# A worker lost whole: its step comes back only when Redis hands the unacknowledged task out again,
+# VAE_TEAM_STEP_TIME_LIMIT + VAE_TEAM_REDELIVERY_MARGIN seconds after it was delivered (start.sh), found
+# by a worker's search for such tasks every UNACKED_RESTORE_S. The module's deployment runs with a
+# small limit, so that this bound is short: every step of this module takes seconds (the longest
+# seen, a worker's first step, which imports the code, took 40 s on two cores under load 11).
+STEP_TIME_LIMIT_S, REDELIVERY_MARGIN_S, UNACKED_RESTORE_S = 120, 10, 10
+LOST_VARIANT = "z6-b1-bern"
+LOST_SEED = 79
 
 @pytest.fixture(scope="module")
 def team(tmp_path_factory: pytest.TempPathFactory, mnist_slice_dir: Path) -> Iterator[Team]:
@@ -65,7 +78,8 @@ def team(tmp_path_factory: pytest.TempPathFactory, mnist_slice_dir: Path) -> Ite
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server not found: apt-get install redis-server (.ci/run installs it)")
     with team_root(tmp_path_factory.mktemp("team")) as root, \
-            started_team(root, tmp_path_factory.mktemp("team_cwd"), mnist_slice_dir) as started:
+            started_team(root, tmp_path_factory.mktemp("team_cwd"), mnist_slice_dir, VAE_TEAM_STEP_TIME_LIMIT=str(STEP_TIME_LIMIT_S),
+                         VAE_TEAM_REDELIVERY_MARGIN=str(REDELIVERY_MARGIN_S)) as started:
         yield started
 
 
@@ -96,6 +110,39 @@ def _step_pids(instance: dg.DagsterInstance, run_id: str) -> dict[str, int]:
     return {e.step_key: e.pid for e in _events(instance, run_id, dg.DagsterEventType.STEP_START)}
 
 
+def _training_run(team: Team, config: dict[str, Any], variant: str) -> str:
+    """A run that trains `variant`'s VAE on the workers (after the sweep test or alone: the data and the judge are
+    needed, and an unchanged ingest is reused, so only vae_model runs when they are there)."""
+    with team.instance() as instance:
+        has_shared = instance.get_latest_materialization_event(dg.AssetKey("mnist_tensors")) is not None
+    assets = ["vae_model"] if has_shared else ["mnist_raw", "mnist_tensors", "vae_model"]
+    team.dev.add_variants(variant)
+    return launch(team, {"ops": {a: config["ops"][a] for a in assets}, "execution": config["execution"]}, assets,
+                  tags={"dagster/partition": variant})
+
+
+def _first_checkpoint(team: Team, run_id: str) -> tuple[Any, Path, int]:
+    """(the training's MLflow run, its checkpoint, the epoch checkpointed) once training has saved its first epoch."""
+    client = mlflow_client(team.env["MLFLOW_TRACKING_URI"])
+
+    def mlflow_run() -> Any:
+        found = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                   filter_string=f"tags.`dagster.run_id` = '{run_id}'")
+        return found[0] if found else None
+
+    started = wait_for("the MLflow run of the training", mlflow_run, 120, 0.5)
+    checkpoint = team.dev.data_dir / "models" / "vae" / started.data.tags["fingerprint"] / "checkpoint.pt"
+
+    def checkpointed_epoch() -> int | None:
+        if checkpoint.is_file():
+            return load_checkpoint(checkpoint)["epoch"]
+        if team.dev.client().get_run_status(run_id).value in TERMINAL:
+            pytest.fail(f"run {run_id} ended before its worker was killed")
+        return None
+
+    return started, checkpoint, wait_for("the first epoch's checkpoint", checkpointed_epoch, 240, 0.2)
+
+
 def test_a_sweep_backfill_runs_on_two_celery_workers_into_postgres_and_mlflow(
     team: Team, celery_run_config: Callable[..., dict[str, Any]],
 ) -> None:
@@ -105,13 +152,30 @@ def test_a_sweep_backfill_runs_on_two_celery_workers_into_postgres_and_mlflow(
 
     # The sweep as a team launches it from the UI: add the variants, then backfill those partitions.
     team.dev.add_variants(*SWEEP)
-    backfill, elapsed = run_backfill(team, SWEEP, [*PER_VARIANT, "sweep_comparison"], config, "sweep on celery")
-    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
-    runs = [r["runId"] for r in backfill["runs"]]
-    assert all(r["status"] == "SUCCESS" for r in backfill["runs"]), backfill["runs"]
-    # Every variant passed its gates against no champion; the first of the sweep is promoted.
+    started = time.monotonic()
+    backfill_id = launch_backfill(team, SWEEP, [*PER_VARIANT, "sweep_comparison"], config, "sweep on celery")
+
+    def runs_ended() -> dict[str, Any] | None:
+        """The backfill once its runs (one per variant, then the sweep table's) have ended, or once it has."""
+        found = backfill_state(team, backfill_id)
+        ended = len(found["runs"]) == len(SWEEP) + 1 and all(r["status"] in TERMINAL for r in found["runs"])
+        return found if ended or backfill_ended(found) else None
+
+    daemon_log = team.root / "logs" / "dagster-daemon.log"
+    runs = [r["runId"] for r in wait_for("the sweep backfill's runs", runs_ended, 900, 2.0, log=daemon_log)["runs"]]
+    # Every variant passed its gates against no champion; the first of the sweep is promoted. Side by side
+    # with it, the sweep table asked for again with nothing changed (checked below: reused, not computed
+    # again); promotion moves an alias and writes no input of the table, so the two runs are independent.
+    # Both are launched while the backfill daemon's next tick (every 30 s) has yet to declare the backfill done.
     promoted = launch(team, config, PROMOTION, tags={"dagster/partition": SWEEP[0]})
+    again = launch(team, config, ["sweep_comparison"])
+    backfill = wait_for("the sweep backfill", lambda: ended_backfill(team, backfill_id), 120, 2.0, log=daemon_log)
+    elapsed = time.monotonic() - started
+    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
+    assert [r["runId"] for r in backfill["runs"]] == runs
+    assert all(r["status"] == "SUCCESS" for r in backfill["runs"]), backfill["runs"]
     assert team.dev.wait(promoted, timeout_s=300) == "SUCCESS", team.dev.run_events(promoted)[-20:]
+    assert team.dev.wait(again, timeout_s=300) == "SUCCESS", team.dev.run_events(again)[-20:]
 
     with team.instance() as instance:
         # (d) The runs are in PostgreSQL: the instance every process opens is, and its runs table holds them.
@@ -191,8 +255,6 @@ def test_a_sweep_backfill_runs_on_two_celery_workers_into_postgres_and_mlflow(
     assert {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "sweep")} == {
         "sweep/comparison.parquet", "sweep/rate_distortion.png"}
     # Nothing changed: the comparison is reused, not computed again.
-    again = launch(team, config, ["sweep_comparison"])
-    assert team.dev.wait(again, timeout_s=300) == "SUCCESS"
     with team.instance() as instance:
         (event,) = _events(instance, again, dg.DagsterEventType.ASSET_MATERIALIZATION)
     assert event.event_specific_data.materialization.metadata["reused"].value is True
@@ -213,39 +275,15 @@ def test_a_sweep_backfill_runs_on_two_celery_workers_into_postgres_and_mlflow(
 def test_a_celery_worker_killed_in_training_fails_the_run_and_the_retry_resumes_from_the_checkpoint(
     team: Team, celery_run_config: Callable[..., dict[str, Any]],
 ) -> None:
-    # After the sweep test or alone: the data and the judge are needed; an unchanged ingest is reused.
-    with team.instance() as instance:
-        has_shared = instance.get_latest_materialization_event(dg.AssetKey("mnist_tensors")) is not None
-    ops = celery_run_config(seed=LONG_SEED, **LONG_TRAINING)
-    assets = ["vae_model"] if has_shared else ["mnist_raw", "mnist_tensors", "vae_model"]
-    config = {"ops": {a: ops["ops"][a] for a in assets}, "execution": ops["execution"]}
-    team.dev.add_variants(LONG_VARIANT)
-    run_id = launch(team, config, assets, tags={"dagster/partition": LONG_VARIANT})
-
+    run_id = _training_run(team, celery_run_config(seed=LONG_SEED, **LONG_TRAINING), LONG_VARIANT)
     with team.instance() as instance:
         pid = wait_for("vae_model to start", lambda: _step_pids(instance, run_id).get("vae_model"), 300, 0.5)
     group = _group(pid)
     assert group in team.workers and pid != group, "vae_model runs in a worker's pool process"
-    client = mlflow_client(team.env["MLFLOW_TRACKING_URI"])
-
-    def mlflow_run() -> Any:
-        found = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                   filter_string=f"tags.`dagster.run_id` = '{run_id}'")
-        return found[0] if found else None
-
-    started = wait_for("the MLflow run of the training", mlflow_run, 120, 0.5)
-    checkpoint = team.dev.data_dir / "models" / "vae" / started.data.tags["fingerprint"] / "checkpoint.pt"
-
-    def checkpointed_epoch() -> int | None:
-        if checkpoint.is_file():
-            return load_checkpoint(checkpoint)["epoch"]
-        if team.dev.client().get_run_status(run_id).value in TERMINAL:
-            pytest.fail(f"run {run_id} ended before its worker was killed")
-        return None
-
-    killed_at = wait_for("the first epoch's checkpoint", checkpointed_epoch, 240, 0.2)
+    started, checkpoint, killed_at = _first_checkpoint(team, run_id)
     os.kill(pid, signal.SIGKILL)
     assert killed_at < LONG_TRAINING["epochs"]
+    client = mlflow_client(team.env["MLFLOW_TRACKING_URI"])
 
     # The worker's parent reports the task lost; the run worker fails the run (not a step failure),
     # so run_retries re-executes it from the failure.
@@ -271,3 +309,44 @@ def test_a_celery_worker_killed_in_training_fails_the_run_and_the_retry_resumes_
     assert (finished.info.status, finished.data.tags["dagster.run_id"]) == ("FINISHED", retry)
     assert load_checkpoint(checkpoint)["epoch"] == LONG_TRAINING["epochs"]
 
+
+
+def test_a_celery_worker_lost_whole_mid_step_has_the_step_run_again_on_the_other_worker(
+    team: Team, celery_run_config: Callable[..., dict[str, Any]],
+) -> None:
+    """kill -9 of a worker's main process and its pool at once (its machine gone): nothing reports the task, the
+    run worker waits for its result. Acknowledged late, the task is handed to the other worker once the visibility
+    timeout has passed, and the same run ends. Last in the module: one worker is left."""
+    run_id = _training_run(team, celery_run_config(seed=LOST_SEED, **LONG_TRAINING), LOST_VARIANT)
+    with team.instance() as instance:
+        pid = wait_for("vae_model to start", lambda: _step_pids(instance, run_id).get("vae_model"), 300, 0.5)
+    group = _group(pid)
+    assert group in team.workers and pid != group, "vae_model runs in a worker's pool process"
+    (other,) = set(team.workers) - {group}
+    started, checkpoint, killed_at = _first_checkpoint(team, run_id)
+    os.killpg(group, signal.SIGKILL)
+    wait_for("the lost worker's processes to be gone", lambda: _group(group) is None and _group(pid) is None, 30, 0.2)
+
+    # The task was delivered before the kill, so Redis hands it out again within the limit plus the margin, found at
+    # the next search for unacknowledged tasks; a few seconds more for the other worker to take it and report it.
+    redelivered_within = STEP_TIME_LIMIT_S + REDELIVERY_MARGIN_S + UNACKED_RESTORE_S + 30
+
+    def run_again() -> list[int] | None:
+        with team.instance() as instance:
+            starts = [e.pid for e in _events(instance, run_id, dg.DagsterEventType.STEP_START) if e.step_key == "vae_model"]
+        return starts[1:] or None
+
+    (again,) = wait_for("vae_model run again on the other worker", run_again, redelivered_within, 1.0,
+                        log=team.root / "logs" / f"{team.workers[other]}.log")
+    assert _group(again) == other, (again, _group(again), team.workers)
+    # The same run ends, with success, within the step's own limit: no failure, no retry run, training resumed.
+    assert team.dev.wait(run_id, timeout_s=STEP_TIME_LIMIT_S + 30) == "SUCCESS", team.dev.run_events(run_id)[-20:]
+    with team.instance() as instance:
+        assert "dagster/auto_retry_run_id" not in instance.get_run_by_id(run_id).tags
+    messages = [e.get("message") or "" for e in team.dev.run_events(run_id)]
+    assert f"vae: resuming from {checkpoint} (MLflow run {started.info.run_id})" in messages, messages
+    (resumed_after,) = [int(m.rsplit(" ", 1)[1]) for m in messages if re.match(r"vae: training \d+ epochs on cpu, resuming after epoch ", m)]
+    assert resumed_after >= killed_at
+    finished = mlflow_client(team.env["MLFLOW_TRACKING_URI"]).get_run(started.info.run_id)
+    assert (finished.info.status, finished.data.tags["dagster.run_id"]) == ("FINISHED", run_id)
+    assert load_checkpoint(checkpoint)["epoch"] == LONG_TRAINING["epochs"]
