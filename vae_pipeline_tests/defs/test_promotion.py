@@ -6,12 +6,14 @@ only ingest (reused), training, the comparison and the champion are materialized
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from vae_pipeline.core.data.tensor_store import load_tensor_store
+from vae_pipeline.core.selection.protocol import MeasurementProtocol
 from vae_pipeline.definitions import defs
 from vae_pipeline.defs.resources import default_resources
 from vae_pipeline_tests.helpers import TINY_GATES, TINY_TRAINING, mlflow_client, tracking_uri
@@ -95,15 +97,22 @@ def test_a_gaussian_challenger_is_not_compared_with_a_bernoulli_champion(tiny_gr
     assert champion(data_dir) == 1
 
 
-def test_a_champion_measured_with_another_k_is_measured_again(tiny_graph_copy: Path, mnist_slice_dir: Path) -> None:
+def test_a_champion_measured_with_another_k_or_other_code_is_measured_again(tiny_graph_copy: Path, mnist_slice_dir: Path) -> None:
     # The first champion trained 2 epochs and was measured with k=20; the challenger trains 12
     # epochs and is measured with k=30: it is compared with the champion re-measured with k=30.
+    # Its recorded figures are also made to look measured by an earlier version of the gate code,
+    # which alone would have them measured again too.
     data_dir = tiny_graph_copy
     assert champion(data_dir) == 1
+    client = mlflow_client(tracking_uri(data_dir))
+    run_id = client.get_model_version("vae-mnist", "1").run_id
+    recorded = MeasurementProtocol.from_json(client.get_run(run_id).data.tags["gate_protocol"])
+    client.set_tag(run_id, "gate_protocol", replace(recorded, code="0123456789abcdef").to_json())
     better = promote(data_dir, mnist_slice_dir, training={"epochs": 12}, gate={"iwae_k": 30})
     assert better.success, gates(better)
     figures = comparison(better)
-    assert figures["champion_source"] == "re-measured (its recorded protocol differed: iwae_k: 20 vs 30)"
+    assert figures["champion_source"] == ("re-measured (its recorded protocol differed: iwae_k: 20 vs 30; code: 0123456789abcdef "
+                                          f"vs {recorded.code} (measured by another version of the code that measures it))")
     assert figures["protocol"]["iwae_k"] == 30
     assert figures["champion_val_iwae_nll"] > figures["val_iwae_nll"] + 1.0
     assert champion(data_dir) == 2

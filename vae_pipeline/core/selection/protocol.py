@@ -4,7 +4,8 @@ A figure means something only beside its protocol: the data it was measured on (
 version, split), what the likelihood scores (a Bernoulli NLL of binarized pixels and a Gaussian
 density of grey values are different quantities), the estimators' settings (IWAE k and images,
 probe rows, seed, the judge behind Fréchet distances), the images left out because a model trained
-on them, and, for figures that compare trainings, how the model was trained. The promotion gates,
+on them, for figures that compare trainings, how the model was trained, and the version of the
+code that measured it. The promotion gates,
 version comparison, latent evaluation and the sweep table each build a `MeasurementProtocol` and
 ask `comparable` before setting two figures side by side: one definition of "measured alike", so a
 rule added here (the data version, say) holds everywhere.
@@ -29,6 +30,7 @@ _WHY = {
     "dataset": "likelihoods of different datasets are not comparable",
     "likelihood": "a Bernoulli NLL of binarized pixels and a Gaussian density of grey values are different quantities",
     "judge": "Fréchet distances in different judges' feature spaces are not comparable",
+    "code": "measured by another version of the code that measures it",
 }
 # An earlier release's evaluation settings -> this type's fields (used when the record lacks the latter).
 _ALIASES = {"probe_max_train": "probe_rows", "regularity_samples": "prior_samples"}
@@ -66,6 +68,9 @@ class MeasurementProtocol:
     held_out_images: int = 0  # images of the split measured on, when some were left out
     settings: Mapping[str, Any] = field(default_factory=dict)  # the other estimators' settings (t-SNE points, kNN k, ...)
     training: Mapping[str, Any] = field(default_factory=dict)  # when trainings are compared: budget and setup (epochs, widths...)
+    # The version of the code that measured it (the measuring asset's derived code version, defs/reuse.py):
+    # a figure measured by other code is not measured alike, so a recorded one is measured again.
+    code: str = ""
 
     def __post_init__(self) -> None:
         # As JSON holds them (tuples as lists, keys sorted), so that a protocol read back equals the one written.

@@ -1,5 +1,6 @@
 """Two registered versions side by side (by default the champion and the version just trained), measured the same way."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -93,7 +94,7 @@ def version_comparison(
         return _not_compared(f"{candidate.label} is both baseline ({config.baseline!r}) and candidate", candidate)
 
     store = load_model_store(storage, vae_model)  # this run's data: both versions are measured on it
-    protocol = comparison_protocol(store, cfg, digit_classifier.fingerprint)
+    protocol = replace(comparison_protocol(store, cfg, digit_classifier.fingerprint), code=CODE_VERSION)
     folder = storage.folder("comparisons", name, f"{baseline.label}-vs-{candidate.label}")
     report_path, samples_png = folder / "comparison.json", folder / "prior_samples.png"
     result = stored_result(context, storage, record=f"{name}/{baseline.label}-vs-{candidate.label}", protocol=protocol.to_json(),

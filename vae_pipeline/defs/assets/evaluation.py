@@ -77,7 +77,7 @@ def evaluation_protocol(mnist_tensors: MnistTensors, config: EvaluationConfig, l
         dataset=mnist_tensors.dataset, data_version=mnist_tensors.content_sha256, split="test",
         likelihood=likelihood, seed=config.seed, iwae_k=config.iwae_k, iwae_examples=min(config.iwae_examples, counts["test"]),
         probe_rows=min(config.probe_max_train, counts["train"]), judge=judge, prior_samples=config.regularity_samples,
-        settings={k: v for k, v in to_dict(config).items() if k not in named},
+        settings={k: v for k, v in to_dict(config).items() if k not in named}, code=CODE_VERSION,
     )
 
 

@@ -29,6 +29,7 @@ from vae_pipeline.defs.config_classes import dagster_config, to_core
 from vae_pipeline.defs.identity.lineage import check_same_data, load_model_store, load_trained_model, stored_tensors
 from vae_pipeline.defs.identity.versions import registered
 from vae_pipeline.defs.manifests import ChampionComparison, ChampionModel, MnistTensors, TrainedModel
+from vae_pipeline.defs.reuse import code_version
 from vae_pipeline.defs.storage.folder import PipelineStorage
 from vae_pipeline.defs.tracking.failures import mlflow_writes
 from vae_pipeline.defs.tracking.models import version_by_alias
@@ -37,7 +38,7 @@ from vae_pipeline.defs.tracking.resource import CHAMPION, MlflowTracking
 from vae_pipeline.defs.variants import VARIANTS
 
 GROUP = "promotion"
-PROMOTION_CODE_VERSION = "3"
+CODE_VERSION = code_version(__name__)  # derived from this file and the core code it imports (defs/reuse.py)
 GATED = ("iwae_nll", "iwae_nll_se", "probe_accuracy", "active_units")  # the figures gate_figures returns
 PROTOCOL_TAG = "gate_protocol"  # the run tag holding the protocol its gate_* metrics were measured under
 MIN_ACTIVE_FRACTION = 0.1  # fewer active units than this share of the latent dims is posterior collapse
@@ -142,7 +143,7 @@ def _recorded_figures(client: MlflowClient, run_id: str, protocol: MeasurementPr
     return {k: run.data.metrics[f"gate_{k}"] for k in GATED}
 
 
-@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=PROMOTION_CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch", "mlflow"})
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch", "mlflow"})
 def champion_comparison(
     context: dg.AssetExecutionContext,
     config: ChampionComparisonConfig,
@@ -157,7 +158,7 @@ def champion_comparison(
     device = resolve_device("auto")
     store = load_model_store(storage, vae_model)
     likelihood, latent_dim = vae_model.model_config.likelihood, vae_model.model_config.latent_dim
-    protocol = protocol_for(store, likelihood, cfg)
+    protocol = replace(protocol_for(store, likelihood, cfg), code=CODE_VERSION)  # figures of other code are measured again
     client = mlflow_tracking.activate()
     run_id = vae_model.mlflow_run_id
     figures = _recorded_figures(client, run_id, protocol)
@@ -240,7 +241,7 @@ def no_posterior_collapse(champion_comparison: ChampionComparison) -> dg.AssetCh
 
 
 # After version_comparison: its default baseline is the champion before this run moves the alias.
-@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=PROMOTION_CODE_VERSION, automation_condition=on_new_data_after_passed_gates(),
+@dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=CODE_VERSION, automation_condition=on_new_data_after_passed_gates(),
           kinds={"mlflow"}, deps=[version_comparison])
 def champion_model(
     context: dg.AssetExecutionContext, mlflow_tracking: MlflowTracking, vae_model: TrainedModel,

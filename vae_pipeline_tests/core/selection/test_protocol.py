@@ -12,6 +12,7 @@ from vae_pipeline.core.selection.protocol import MeasurementProtocol, ProtocolEr
 PROTOCOL = MeasurementProtocol(
     dataset="mnist", data_version="a" * 64, split="val", likelihood="bernoulli", seed=0, iwae_k=1000, iwae_examples=2000,
     probe_rows=10_000, judge="j1", prior_samples=2000, settings={"knn_k": 5}, training={"epochs": 30, "hidden_dims": [400]},
+    code="c1",
 )
 # One changed value per field, and the text `comparable` must name it by.
 CHANGES = {
@@ -30,6 +31,7 @@ CHANGES = {
     "held_out_images": (150, "held_out_images: 0 vs 150"),
     "settings": ({"knn_k": 10}, "settings.knn_k: 5 vs 10"),
     "training": ({"epochs": 2, "hidden_dims": [400]}, "training.epochs: 30 vs 2"),
+    "code": ("c2", "code: c1 vs c2 (measured by another version of the code that measures it)"),
 }
 
 
