@@ -85,8 +85,7 @@ def _champion_side(
     if not verdict.remeasurable:
         return {"champion_version": version, "incomparable": (
             f"champion v{version} and the challenger cannot be measured alike (champion vs challenger: {verdict})")}
-    if verdict.comparable and recorded is not None:
-        figures = {k: run.data.metrics[f"gate_{k}"] for k in GATED}
+    if verdict.comparable and (figures := _gate_metrics(run)) is not None:
         return {"champion_version": version, "champion": figures, "champion_source": "recorded"}
     if "data_version" in verdict.fields:
         return _held_out_side(context, client, name, champion, before.data_version, verdict, protocol, store, device,
@@ -131,16 +130,20 @@ class PromotionRefused(RuntimeError):
     """champion_model was asked to move the alias to a version whose gates did not all pass."""
 
 
-def _recorded_figures(client: MlflowClient, run_id: str, protocol: MeasurementProtocol) -> dict[str, float] | None:
-    """The run's gate figures when they were measured alike `protocol` (the tag is set after the metrics)."""
-    run = client.get_run(run_id)
-    recorded = run.data.tags.get(PROTOCOL_TAG)
-    if recorded is None or not all(f"gate_{k}" in run.data.metrics for k in GATED):
-        return None
-    before = MeasurementProtocol.from_json(recorded, f"champion_comparison (tag {PROTOCOL_TAG} of MLflow run {run_id})")
-    if not comparable(before, protocol).comparable:
+def _gate_metrics(run: Any) -> dict[str, float] | None:
+    """The gate figures a run recorded under its protocol tag (set after the metrics), or None when it has none."""
+    if PROTOCOL_TAG not in run.data.tags or not all(f"gate_{k}" in run.data.metrics for k in GATED):
         return None
     return {k: run.data.metrics[f"gate_{k}"] for k in GATED}
+
+
+def _recorded_figures(client: MlflowClient, run_id: str, protocol: MeasurementProtocol) -> dict[str, float] | None:
+    """The run's gate figures when they were measured alike `protocol`."""
+    run = client.get_run(run_id)
+    if (figures := _gate_metrics(run)) is None:
+        return None
+    before = MeasurementProtocol.from_json(run.data.tags[PROTOCOL_TAG], f"champion_comparison (tag {PROTOCOL_TAG} of MLflow run {run_id})")
+    return figures if comparable(before, protocol).comparable else None
 
 
 @dg.asset(group_name=GROUP, partitions_def=VARIANTS, code_version=CODE_VERSION, automation_condition=on_new_data(), kinds={"pytorch", "mlflow"})
