@@ -61,12 +61,19 @@ def _core_imports(module: str, source: str) -> set[str]:
             if node.level:  # relative: from the importing module's package, one level up per extra dot
                 package = (module if _is_package(module) else module.rpartition(".")[0]).split(".")
                 base = ".".join([*package[: len(package) - node.level + 1], node.module])
+            if not _within_core(base):  # looked up no further: finding `torch.nn` imports torch, `sklearn.x` sklearn
+                continue
             # `from vae_pipeline.core.evaluation import plots` imports the module ...evaluation.plots
             candidates = [f"{base}.{alias.name}" for alias in node.names if _exists(f"{base}.{alias.name}")] or [base]
         else:
             continue
         found.update(name for name in candidates if name == CORE or name.startswith(CORE + "."))
     return {name for name in found if _exists(name)}
+
+
+def _within_core(module: str) -> bool:
+    """Whether `module` is vae_pipeline.core, one of its modules, or a package above it (`from vae_pipeline import core`)."""
+    return module == CORE or module.startswith(CORE + ".") or CORE.startswith(module + ".")
 
 
 @functools.cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -128,6 +129,19 @@ def test_the_derived_code_version_is_stable_and_changes_with_an_imported_core_mo
     unrelated = "vae_pipeline.core.selection.sweep_comparison"
     assert unrelated not in read
     assert source_digest(ASSET, lambda m: reuse.read_source(m) + ("#" if m == unrelated else "")) == source_digest(ASSET)
+
+
+def test_deriving_a_code_version_imports_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reading which core modules a file imports must not import what else it names: finding the spec of
+    # `lazy_pkg.sub.thing` would import lazy_pkg.sub, and with it whatever a module defers to a function.
+    package = tmp_path / "lazy_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise AssertionError('lazy_pkg was imported')\n")
+    (package / "sub.py").write_text("thing = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = "from lazy_pkg.sub import thing\nimport lazy_pkg\nfrom vae_pipeline.core.model import vae\n"
+    assert reuse._core_imports("vae_pipeline.core.evaluation.example", source) == {"vae_pipeline.core.model.vae"}
+    assert "lazy_pkg" not in sys.modules
 
 
 def test_line_endings_do_not_change_the_source_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
