@@ -7,13 +7,13 @@ switch, no figure registry that leaks memory in a long-running Dagster process.
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from scipy.stats import norm
 
 from vae_pipeline.core.atomic import atomic_path
 from vae_pipeline.core.evaluation.arrays import ArrayLike, as_numpy
@@ -175,14 +175,14 @@ def image_panels_png(panels: list[tuple[str, ArrayLike]], path: Path | str, nrow
 def gaussian_quantile_grid(n: int) -> np.ndarray:
     """An n x n grid of 2-D codes at Gaussian quantiles, (n * n, 2), in row-major display order.
 
-    The quantiles of an even grid in (0, 1) (ends excluded, where ppf is infinite) through
-    scipy.stats.norm.ppf: equal prior mass between neighbours, as in Kingma & Welling (2014),
+    The quantiles of an even grid in (0, 1) (ends excluded, where the inverse CDF is infinite)
+    through the standard normal's inverse CDF: equal prior mass between neighbours, as in Kingma & Welling (2014),
     Fig. 4. Rows run from high z_2 (top) to low, columns from low z_1 (left) to high, so
     `tile_images(decode(grid), nrow=n)` shows the plane the way a scatter plot of the codes does.
     """
     if n < 2:
         raise ValueError(f"n={n} must be at least 2 for a grid.")
-    q = norm.ppf(np.linspace(0.0, 1.0, n + 2)[1:-1])  # (n,) increasing quantiles
+    q = np.array([NormalDist().inv_cdf(p) for p in np.linspace(0.0, 1.0, n + 2)[1:-1]])  # (n,) increasing quantiles
     z1, z2 = np.meshgrid(q, q[::-1])  # (n, n) each; row 0 is the largest z_2
     return np.stack([z1.ravel(), z2.ravel()], axis=1)  # (n * n, 2)
 

@@ -11,12 +11,6 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from vae_pipeline.core.evaluation.arrays import ArrayLike, as_numpy, check_rows, subsample_indices
 
@@ -78,6 +72,13 @@ def linear_probe(
     xtr, ytr = xtr[idx], ytr[idx]
     if len(np.unique(ytr)) < 2:
         raise ValueError("the training labels hold a single class; a probe needs at least two.")
+    # scikit-learn is imported where it is used: every process that loads the definitions (a code
+    # server, each run worker, `dg list defs`) would otherwise pay about 1.5 s for it.
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
     # A probe that stops at max_iter is still a valid (slightly pessimistic) probe; record it
     # in the result instead of printing a warning nobody reads.
@@ -116,6 +117,8 @@ def knn_accuracy(
     xtr, ytr = xtr[idx], ytr[idx]
     if not 1 <= k <= len(xtr):
         raise ValueError(f"k={k} must be between 1 and the {len(xtr)} training rows.")
+    from sklearn.neighbors import KNeighborsClassifier  # imported here, as in linear_probe
+
     pred = KNeighborsClassifier(n_neighbors=k, n_jobs=n_jobs).fit(xtr, ytr).predict(xte)
     return ProbeResult(
         accuracy=float((pred == yte).mean()),
@@ -157,6 +160,8 @@ def pca_features(
         )
     # The randomized solver is exact enough for the top 20 of 784 components and ~10x faster than
     # a full SVD of 10,000 x 784; its random start takes the seed.
+    from sklearn.decomposition import PCA  # imported here, as in linear_probe
+
     pca = PCA(n_components=n_components, svd_solver="randomized", random_state=seed)
     train_features = pca.fit_transform(xtr.astype(np.float64))  # (n_train, k)
     test_features = pca.transform(xte.astype(np.float64))  # (n_test, k)

@@ -6,9 +6,6 @@ Plain arrays in, plain arrays out; every stochastic step takes a seed.
 from __future__ import annotations
 
 import numpy as np
-from openTSNE import TSNE
-from sklearn.metrics import pairwise_distances
-from sklearn.neighbors import NearestNeighbors
 
 from vae_pipeline.core.evaluation.arrays import ArrayLike, as_numpy, check_rows, subsample_indices
 
@@ -65,6 +62,8 @@ def tsne_embedding(
             f"t-SNE with perplexity={perplexity} needs more than {int(3 * perplexity)} points "
             f"(it looks at 3 x perplexity neighbours), got {len(x)}; lower the perplexity or pass more points."
         )
+    from openTSNE import TSNE  # imported here: every process that loads the definitions would pay ~1 s for it
+
     tsne = TSNE(
         n_components=2,
         perplexity=perplexity,
@@ -117,6 +116,9 @@ def _trustworthiness(high: np.ndarray, low: np.ndarray, k: int, comparisons_per_
     distances of codes do not produce): at 5,000 points 0.4 s instead of 1.7 s, and memory of a
     chunk of rows instead of two n x n matrices.
     """
+    from sklearn.metrics import pairwise_distances  # imported here, as in tsne_embedding
+    from sklearn.neighbors import NearestNeighbors
+
     n = len(high)
     rows_per_chunk = max(1, comparisons_per_chunk // (k * n))  # bounds the (chunk, k, n) comparison below
     low_neighbours = NearestNeighbors(n_neighbors=k).fit(low).kneighbors(return_distance=False)  # (n, k), self excluded
