@@ -196,7 +196,10 @@ start_bg redis "$redis" --port "$redis_port" --bind 127.0.0.1 --dir "$team_root/
 # --- MLflow: tracking and registry in PostgreSQL, artifacts proxied into mlartifacts/ ------------
 # The password reaches psycopg2 through PGPASSWORD, not the URI: a command line is public (ps).
 # The driver is named because SQLAlchemy 2.1 defaults postgresql:// to psycopg 3 (see dagster.yaml).
-start_bg mlflow env PGPASSWORD="$password" "$bin/mlflow" server --host 127.0.0.1 --port "$mlflow_port" \
+# MLflow's job execution (GenAI scoring, trace archival) is off unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION
+# says otherwise: the pipeline runs no MLflow jobs, and with it on the server starts seven job consumer
+# processes that each import MLflow (about 9 s of CPU on two cores) and then keep polling.
+start_bg mlflow env PGPASSWORD="$password" MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" "$bin/mlflow" server --host 127.0.0.1 --port "$mlflow_port" \
   --workers "${VAE_TEAM_MLFLOW_WORKERS:-2}" \
   --backend-store-uri "postgresql+psycopg2://$pg_user@127.0.0.1:$pg_port/$mlflow_db" \
   --artifacts-destination "$team_root/mlartifacts"

@@ -17,6 +17,7 @@ from vae_pipeline_tests.e2e.servers import (
     DagsterDev,
     Server,
     free_port,
+    start_mlflow_server,
     start_server,
     wait_for,
     wait_for_location,
@@ -36,12 +37,7 @@ def mlflow_server(e2e_root: Path) -> Iterator[Server]:
     port = free_port()
     root = e2e_root / "mlflow"
     root.mkdir()
-    server = start_server(
-        "mlflow",
-        [str(BIN / "mlflow"), "server", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        port, ARTIFACTS / "logs" / "mlflow-server.log", env={},
-    )
+    server = start_mlflow_server(root, port, "mlflow-server")
     try:
         wait_for("mlflow server", lambda: requests.get(f"{server.url}/health", timeout=2).ok, 120, log=server.log)
         yield server

@@ -105,6 +105,21 @@ def start_server(name: str, argv: list[str], port: int, log: Path, env: dict[str
     return Server(name, process, port, log)
 
 
+def start_mlflow_server(root: Path, port: int, log_name: str) -> Server:
+    """`mlflow server` with a sqlite backend and its artifacts under `root`, one worker, without MLflow's job execution.
+
+    The pipeline runs no MLflow jobs (GenAI scoring, trace archival); with them on, every start of a
+    server also starts seven job consumer processes that each import MLflow (about 9 s of CPU on two
+    cores) and then poll. deploy/team/start.sh turns them off the same way.
+    """
+    return start_server(
+        "mlflow",
+        [str(BIN / "mlflow"), "server", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        port, ARTIFACTS / "logs" / f"{log_name}.log", env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
+
+
 def listening_addresses(server: Server) -> set[str]:
     """The local IP addresses that the server's process group listens on (TCP)."""
     import psutil

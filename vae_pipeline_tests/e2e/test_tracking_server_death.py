@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from vae_pipeline.core.model.checkpoint import load_checkpoint
-from vae_pipeline_tests.e2e.servers import ARTIFACTS, BIN, Server, free_port, start_server, wait_for
+from vae_pipeline_tests.e2e.servers import Server, free_port, start_mlflow_server, wait_for
 from vae_pipeline_tests.helpers import materialize_training, mlflow_client
 
 pytestmark = pytest.mark.slow
@@ -30,12 +30,7 @@ FAIL_WITHIN_S = 90
 
 
 def start_mlflow(root: Path, port: int, name: str) -> Server:
-    server = start_server(
-        "mlflow",
-        [str(BIN / "mlflow"), "server", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        port, ARTIFACTS / "logs" / f"{name}.log", env={},
-    )
+    server = start_mlflow_server(root, port, name)
     wait_for("mlflow server", lambda: requests.get(f"{server.url}/health", timeout=2).ok, 120, log=server.log)
     return server
 
