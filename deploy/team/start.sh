@@ -8,6 +8,8 @@
 #                the server into $VAE_TEAM_ROOT/mlartifacts, so a worker needs only its URL
 #   worker-N     `dagster-celery worker start`, one step at a time each: the steps of runs launched
 #                with deploy/team/celery.yaml
+#   code server  `dagster code-server start`: loads the definitions once and launches the run workers;
+#                the daemon and the UI read the code location from it
 #   daemon       `dagster-daemon run`: run queue, backfills, sensors, run monitoring and retries
 #   webserver    `dagster-webserver`: the UI and its GraphQL API
 #
@@ -15,7 +17,7 @@
 #   returns once every server answers (stop with deploy/team/stop.sh), or with --foreground stays
 #   and stops everything on Ctrl-C.
 # Settings (environment): VAE_TEAM_ROOT (./team) holds all state; ports VAE_TEAM_PG_PORT (5432),
-# VAE_TEAM_REDIS_PORT (6379), VAE_TEAM_MLFLOW_PORT (5000), VAE_TEAM_DAGSTER_PORT (3000);
+# VAE_TEAM_REDIS_PORT (6379), VAE_TEAM_MLFLOW_PORT (5000), VAE_TEAM_DAGSTER_PORT (3000), VAE_TEAM_CODE_PORT (4000);
 # VAE_TEAM_WORKERS (2) Celery workers; DAGSTER_PG_USER (vae), DAGSTER_PG_DB (dagster),
 # VAE_TEAM_MLFLOW_DB (mlflow); DAGSTER_PG_PASSWORD (default: generated on first start into
 # $VAE_TEAM_ROOT/secrets/pg_password, mode 600; nothing secret is in the repository);
@@ -39,6 +41,7 @@ pg_port="${VAE_TEAM_PG_PORT:-5432}"
 redis_port="${VAE_TEAM_REDIS_PORT:-6379}"
 mlflow_port="${VAE_TEAM_MLFLOW_PORT:-5000}"
 dagster_port="${VAE_TEAM_DAGSTER_PORT:-3000}"
+code_port="${VAE_TEAM_CODE_PORT:-4000}"
 workers="${VAE_TEAM_WORKERS:-2}"
 step_limit="${VAE_TEAM_STEP_TIME_LIMIT:-3600}"
 redelivery_margin="${VAE_TEAM_REDELIVERY_MARGIN:-300}"
@@ -75,8 +78,8 @@ for pidfile in "$run_dir"/*.pid; do
   rm -f "$pidfile"
 done
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$pg_port" "$redis_port" "$mlflow_port" "$dagster_port"; do
-  ! port_in_use "$port" || fail "port $port on 127.0.0.1 is taken (a system PostgreSQL or Redis? another deployment?); choose others with VAE_TEAM_PG_PORT, VAE_TEAM_REDIS_PORT, VAE_TEAM_MLFLOW_PORT, VAE_TEAM_DAGSTER_PORT."
+for port in "$pg_port" "$redis_port" "$mlflow_port" "$dagster_port" "$code_port"; do
+  ! port_in_use "$port" || fail "port $port on 127.0.0.1 is taken (a system PostgreSQL or Redis? another deployment?); choose others with VAE_TEAM_PG_PORT, VAE_TEAM_REDIS_PORT, VAE_TEAM_MLFLOW_PORT, VAE_TEAM_DAGSTER_PORT, VAE_TEAM_CODE_PORT."
 done
 
 # Anything that fails from here on stops what was started.
@@ -255,9 +258,25 @@ for i in $(seq 1 "$workers"); do
     -n "worker-$i" -- --concurrency 1
 done
 
-# --- Dagster: the daemon and the UI, on the repository's workspace.yaml ------------------------
-start_bg dagster-daemon "$bin/dagster-daemon" run -w "$repo/workspace.yaml"
-start_bg dagster-webserver "$bin/dagster-webserver" -w "$repo/workspace.yaml" -h 127.0.0.1 -p "$dagster_port"
+# --- Dagster: one code server; the daemon and the UI on it ----------------------------------------
+# Given the repository's workspace.yaml, the UI and the daemon would each start a code server of their
+# own (a Python process that imports the definitions: about 15 s of CPU and 0.9 GB), and the daemon
+# starts a new one every 60 s (Dagster 1.13's workspace refresh). One long-lived code server serves
+# both, and launches the run workers (they are in its process group). The workspace file that names
+# it is written here; the code location keeps the name of workspace.yaml's, vae_pipeline.
+cat >"$team_root/workspace.yaml" <<EOF
+# Written by deploy/team/start.sh at every start: the code server it runs.
+load_from:
+  - grpc_server:
+      host: 127.0.0.1
+      port: $code_port
+      location_name: vae_pipeline
+EOF
+start_bg dagster-code-server "$bin/dagster" code-server start -m vae_pipeline.definitions --location-name vae_pipeline \
+  -h 127.0.0.1 -p "$code_port"
+wait_until "dagster code server" dagster-code-server 60 port_in_use "$code_port"
+start_bg dagster-daemon "$bin/dagster-daemon" run -w "$team_root/workspace.yaml"
+start_bg dagster-webserver "$bin/dagster-webserver" -w "$team_root/workspace.yaml" -h 127.0.0.1 -p "$dagster_port"
 
 wait_until "mlflow server" mlflow 180 http_ok "$MLFLOW_TRACKING_URI/health"
 for i in $(seq 1 "$workers"); do  # celery logs "<name>@<host> ready." once it consumes the queue

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Stop the team deployment that deploy/team/start.sh started from $VAE_TEAM_ROOT (default ./team).
 # State stays: start.sh with the same folder brings back the runs, the registry and the data.
-# Order: the UI and the daemon first (no new runs are launched), then the Celery workers, MLflow,
-# Redis, and PostgreSQL last, which everything else writes to. Runs in progress are interrupted
-# (their run workers are in the UI's and the daemon's process groups, their steps on the workers):
+# Order: the UI and the daemon first (no new runs are launched), then the code server and the Celery
+# workers, MLflow, Redis, and PostgreSQL last, which everything else writes to. Runs in progress are
+# interrupted (their run workers are in the code server's process group, their steps on the workers):
 # stop when none is, or re-execute them from the UI afterwards.
 set -uo pipefail
 
@@ -31,6 +31,7 @@ stop_group() {
 
 # Each stage's processes stop side by side (each takes a few seconds to shut down cleanly).
 stop_group dagster-webserver & stop_group dagster-daemon & wait
+stop_group dagster-code-server &
 for pidfile in "$run_dir"/worker-*.pid; do
   [ -e "$pidfile" ] && stop_group "$(basename "$pidfile" .pid)" &
 done

@@ -124,7 +124,7 @@ def run_command(argv: list[str], env: dict[str, str], cwd: Path, log: Path, time
 @contextmanager
 def started_team(root: Path, cwd: Path, mnist_slice_dir: Path, **settings: str) -> Iterator[Team]:
     """start.sh, run from `cwd` with all state under `root` (and `settings`: VAE_TEAM_* variables); stop.sh afterwards, whatever happened."""
-    ports = {name: free_port() for name in ("PG", "REDIS", "MLFLOW", "DAGSTER")}
+    ports = {name: free_port() for name in ("PG", "REDIS", "MLFLOW", "DAGSTER", "CODE")}
     env = child_env(
         VAE_TEAM_ROOT=str(root), **{f"VAE_TEAM_{name}_PORT": str(port) for name, port in ports.items()},
         VAE_PIPELINE_MNIST_DIR=str(mnist_slice_dir),
