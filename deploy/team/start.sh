@@ -18,7 +18,7 @@
 #   and stops everything on Ctrl-C.
 # Settings (environment): VAE_TEAM_ROOT (./team) holds all state; ports VAE_TEAM_PG_PORT (5432),
 # VAE_TEAM_REDIS_PORT (6379), VAE_TEAM_MLFLOW_PORT (5000), VAE_TEAM_DAGSTER_PORT (3000), VAE_TEAM_CODE_PORT (4000);
-# VAE_TEAM_WORKERS (2) Celery workers; DAGSTER_PG_USER (vae), DAGSTER_PG_DB (dagster),
+# VAE_TEAM_WORKERS (2) Celery workers; VAE_TEAM_MLFLOW_WORKERS (2) processes serving MLflow's API; DAGSTER_PG_USER (vae), DAGSTER_PG_DB (dagster),
 # VAE_TEAM_MLFLOW_DB (mlflow); DAGSTER_PG_PASSWORD (default: generated on first start into
 # $VAE_TEAM_ROOT/secrets/pg_password, mode 600; nothing secret is in the repository);
 # VAE_TEAM_VENV (the repository's .venv); VAE_TEAM_PG_BIN (PostgreSQL's programs, found by default);

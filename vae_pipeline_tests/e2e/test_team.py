@@ -79,7 +79,10 @@ def team(tmp_path_factory: pytest.TempPathFactory, mnist_slice_dir: Path) -> Ite
         pytest.fail("redis-server not found: apt-get install redis-server (.ci/run installs it)")
     with team_root(tmp_path_factory.mktemp("team")) as root, \
             started_team(root, tmp_path_factory.mktemp("team_cwd"), mnist_slice_dir, VAE_TEAM_STEP_TIME_LIMIT=str(STEP_TIME_LIMIT_S),
-                         VAE_TEAM_REDELIVERY_MARGIN=str(REDELIVERY_MARGIN_S)) as started:
+                         VAE_TEAM_REDELIVERY_MARGIN=str(REDELIVERY_MARGIN_S),
+                         # One process serves MLflow's API (two by default, each importing MLflow): this module's
+                         # requests come a few at a time, and the suite's other MLflow server has one too.
+                         VAE_TEAM_MLFLOW_WORKERS="1") as started:
         yield started
 
 
