@@ -68,8 +68,15 @@ def tiny_graph_copy(tiny_graph: BuiltGraph, tmp_path: Path) -> Path:
     return target
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`pytest -n auto` (scripts/test.sh): as many workers as vae_pipeline_tests/scheduling.py decides for this selection."""
+    from vae_pipeline_tests.scheduling import worker_count
+
+    return worker_count(len(os.sched_getaffinity(0)), config.option.markexpr or "")
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201 - xdist's Producer and scheduler
-    """`pytest -n 2`: the suite's own grouping (vae_pipeline_tests/scheduling.py) instead of xdist's."""
+    """`pytest -n N`: the suite's own grouping (vae_pipeline_tests/scheduling.py) instead of xdist's."""
     from vae_pipeline_tests.scheduling import GroupedScheduling
 
     return GroupedScheduling(config, log)

@@ -1,4 +1,4 @@
-"""How `pytest -n 2` shares the suite between two workers: tests that share built state stay together.
+"""How many pytest-xdist workers run the suite, and how they share it: tests that share built state stay together.
 
 pytest-xdist's own grouping (`--dist loadgroup`) does not hold under pytest 9 (it rewrites a node id
 attribute pytest no longer reads), so the suite brings its own scheduler, chosen by
@@ -29,6 +29,22 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 # End-to-end files that start servers of their own (not the shared ones): a work unit each, like any other file.
 OWN_SERVERS = ("e2e/test_tracking_server_death.py",)
+
+
+# More workers than this only start more servers and interpreters: the suite has three long units.
+MAX_WORKERS = 4
+
+
+def worker_count(cores: int, markexpr: str) -> int:
+    """The workers for `-n auto` (scripts/test.sh): one per core, and one more when the slow tests run.
+
+    The slow tests wait a lot (a backfill daemon's 30 s ticks, run workers starting, a lost Celery
+    task's redelivery), and a third worker fills those waits: the whole suite took 835 s of pytest with
+    three workers on two cores, 906 s with two. The fast tier only computes, so it gets one worker a
+    core: 68 s with two workers, 85 s with three.
+    """
+    fast_tier_only = "not slow" in markexpr
+    return max(1, min(cores if fast_tier_only else cores + 1, MAX_WORKERS))
 
 
 def group_of(nodeid: str) -> tuple[int, str]:
