@@ -1,4 +1,4 @@
-"""The package's shape: no import circle, core free of Dagster and MLflow, core's rooms layered one way."""
+"""The package's shape: no import circle, core free of Dagster and MLflow, core's rooms layered one way, slow imports deferred."""
 
 from __future__ import annotations
 
@@ -100,6 +100,38 @@ def test_core_rooms_import_only_downwards() -> None:
             if tparts[:2] == ["vae_pipeline", "defs"] or tparts[1:2] in (["definitions"], ["serving"]):
                 upward.append((module, target))
     assert not upward, "core imports upwards: " + ", ".join(f"{a} -> {b}" for a, b in upward)
+
+
+# Imported only inside the functions that use them: every process that loads the definitions (a code server,
+# each run worker, `dg`) would otherwise pay for them, about 3 s together on two cores.
+LOADED_WHEN_USED = {"sklearn", "openTSNE", "scipy"}
+
+
+def _module_level_imports(source: str) -> set[str]:
+    """The top-level packages that `source` imports when the module is loaded (not inside a function)."""
+    tops: set[str] = set()
+    pending: list[ast.AST] = list(ast.parse(source).body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.Import):
+            tops.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            tops.add(node.module.split(".")[0])
+        pending.extend(ast.iter_child_nodes(node))
+    return tops
+
+
+def test_scikit_learn_opentsne_and_scipy_are_imported_where_they_are_used() -> None:
+    loaded = {p.relative_to(PACKAGE).as_posix(): found for p in PACKAGE.rglob("*.py")
+              if (found := _module_level_imports(p.read_text()) & LOADED_WHEN_USED)}
+    assert not loaded, f"imported when the module loads (move the import into the function that uses it): {loaded}"
+
+
+def test_the_load_time_import_check_tells_module_level_from_function_level() -> None:
+    source = "import numpy\nif True:\n    from scipy import stats\nclass A:\n    import sklearn\ndef f():\n    import openTSNE\n"
+    assert _module_level_imports(source) == {"numpy", "scipy", "sklearn"}
 
 
 def test_every_module_says_what_it_is_for() -> None:
