@@ -39,13 +39,20 @@ def _graph() -> dict[str, set[str]]:
     return {name: {m for m in _imports(path, modules) if not paths[m].name == "__init__.py"} for name, path in paths.items()}
 
 
-def _third_party(path: Path) -> set[str]:
+def _third_party(source: str, at_load: bool = False) -> set[str]:
+    """The top-level packages that `source` imports; with `at_load`, only those imported when the module loads
+    (an import inside a function runs when it is called)."""
     tops: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    pending: list[ast.AST] = [ast.parse(source)]
+    while pending:
+        node = pending.pop()
+        if at_load and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
         if isinstance(node, ast.Import):
             tops.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             tops.add(node.module.split(".")[0])
+        pending.extend(ast.iter_child_nodes(node))
     return tops
 
 
@@ -80,7 +87,7 @@ def test_the_circle_check_finds_a_circle(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "core").rglob("*.py")), ids=lambda p: p.relative_to(PACKAGE).as_posix())
 def test_core_imports_neither_dagster_nor_mlflow(path: Path) -> None:
-    assert not _third_party(path) & {"dagster", "dagster_celery", "dagster_postgres", "mlflow"}
+    assert not _third_party(path.read_text()) & {"dagster", "dagster_celery", "dagster_postgres", "mlflow"}
 
 
 def test_core_rooms_import_only_downwards() -> None:
@@ -107,31 +114,15 @@ def test_core_rooms_import_only_downwards() -> None:
 LOADED_WHEN_USED = {"sklearn", "openTSNE", "scipy"}
 
 
-def _module_level_imports(source: str) -> set[str]:
-    """The top-level packages that `source` imports when the module is loaded (not inside a function)."""
-    tops: set[str] = set()
-    pending: list[ast.AST] = list(ast.parse(source).body)
-    while pending:
-        node = pending.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            continue
-        if isinstance(node, ast.Import):
-            tops.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            tops.add(node.module.split(".")[0])
-        pending.extend(ast.iter_child_nodes(node))
-    return tops
-
-
 def test_scikit_learn_opentsne_and_scipy_are_imported_where_they_are_used() -> None:
     loaded = {p.relative_to(PACKAGE).as_posix(): found for p in PACKAGE.rglob("*.py")
-              if (found := _module_level_imports(p.read_text()) & LOADED_WHEN_USED)}
+              if (found := _third_party(p.read_text(), at_load=True) & LOADED_WHEN_USED)}
     assert not loaded, f"imported when the module loads (move the import into the function that uses it): {loaded}"
 
 
 def test_the_load_time_import_check_tells_module_level_from_function_level() -> None:
     source = "import numpy\nif True:\n    from scipy import stats\nclass A:\n    import sklearn\ndef f():\n    import openTSNE\n"
-    assert _module_level_imports(source) == {"numpy", "scipy", "sklearn"}
+    assert _third_party(source, at_load=True) == {"numpy", "scipy", "sklearn"}
 
 
 def test_every_module_says_what_it_is_for() -> None:
