@@ -72,7 +72,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`pytest -n auto` (scripts/test.sh): as many workers as vae_pipeline_tests/scheduling.py decides for this selection."""
     from vae_pipeline_tests.scheduling import worker_count
 
-    return worker_count(len(os.sched_getaffinity(0)), config.option.markexpr or "")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # no affinity on macOS
+    return worker_count(cores, config.option.markexpr or "")
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201 - xdist's Producer and scheduler
