@@ -128,6 +128,20 @@ def listening_addresses(server: Server) -> set[str]:
     return {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.pid in group}
 
 
+def group_commands(group: int) -> list[str]:
+    """The command lines of the processes in process group `group` (a server started in a session of its own)."""
+    import psutil
+
+    commands = []
+    for process in psutil.process_iter():
+        if _pgid(process.pid) == group:
+            try:
+                commands.append(" ".join(process.cmdline()))
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+    return commands
+
+
 def _pgid(pid: int) -> int | None:
     try:
         return os.getpgid(pid)

@@ -13,7 +13,7 @@ import pytest
 
 from vae_pipeline.core.selection.sweep import load_sweep
 from vae_pipeline.defs.variants import DEFAULT_SWEEP, VARIANTS
-from vae_pipeline_tests.e2e.servers import REPOSITORY, DagsterDev, Server, listening_addresses
+from vae_pipeline_tests.e2e.servers import REPOSITORY, DagsterDev, Server, group_commands, listening_addresses
 from vae_pipeline_tests.helpers import BAD_TRAINING, BAD_VARIANTS, PIPELINE_ASSETS, REPO_ROOT, mlflow_client
 from vae_pipeline_tests.variants import TINY_VARIANT
 
@@ -30,6 +30,13 @@ def test_servers_listen_on_loopback_only(dagster_dev: DagsterDev, mlflow_server:
         addresses = listening_addresses(server)
         assert addresses, f"{server.name} listens nowhere?"
         assert addresses <= {"127.0.0.1", "::1"}, f"{server.name} listens on {addresses}"
+
+
+def test_the_mlflow_server_starts_no_job_consumers(mlflow_server: Server, first_run: str) -> None:
+    # MLflow's job execution (unused here) would start seven `huey_consumer` processes in the server's group.
+    commands = group_commands(mlflow_server.process.pid)
+    assert any("uvicorn" in c for c in commands), commands  # the server itself is there
+    assert not [c for c in commands if "huey" in c], commands
 
 
 def test_whole_graph_through_graphql_lands_in_mlflow(dagster_dev: DagsterDev, first_run: str) -> None:

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from vae_pipeline.core.model.checkpoint import load_checkpoint
-from vae_pipeline_tests.e2e.servers import TERMINAL, manifest, wait_for
+from vae_pipeline_tests.e2e.servers import TERMINAL, group_commands, manifest, wait_for
 from vae_pipeline_tests.e2e.team import (
     CELERY_RUN_CONFIG,
     PER_VARIANT,
@@ -144,6 +144,15 @@ def _first_checkpoint(team: Team, run_id: str) -> tuple[Any, Path, int]:
         return None
 
     return started, checkpoint, wait_for("the first epoch's checkpoint", checkpointed_epoch, 240, 0.2)
+
+
+def test_one_code_server_serves_the_daemon_and_the_ui_and_mlflow_starts_no_job_consumers(team: Team) -> None:
+    groups = {name: group_commands(int((team.root / "run" / f"{name}.pid").read_text()))
+              for name in ("dagster-code-server", "dagster-daemon", "dagster-webserver", "mlflow")}
+    assert any("vae_pipeline.definitions" in c for c in groups["dagster-code-server"]), groups["dagster-code-server"]
+    for name in ("dagster-daemon", "dagster-webserver"):  # neither starts a code server of its own
+        assert not [c for c in groups[name] if " api grpc" in c or "code-server" in c], (name, groups[name])
+    assert groups["mlflow"] and not [c for c in groups["mlflow"] if "huey" in c], groups["mlflow"]
 
 
 def test_a_sweep_backfill_runs_on_two_celery_workers_into_postgres_and_mlflow(
