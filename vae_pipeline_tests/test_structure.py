@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from vae_pipeline.defs.reuse import parse_python  # ast.parse, safe from finalizers that parse too
+
 PACKAGE = Path(__file__).resolve().parents[1] / "vae_pipeline"
 # core's sub-packages from the bottom up: each may import those before it, never one after it.
 CORE_LAYERS = ("data", "model", "evaluation", "selection")
@@ -20,7 +22,7 @@ def _module_name(path: Path) -> str:
 def _imports(path: Path, modules: set[str]) -> set[str]:
     """The package's modules that `path` imports, at any depth (a deferred import inside a function counts too)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse_python(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -43,7 +45,7 @@ def _third_party(source: str, at_load: bool = False) -> set[str]:
     """The top-level packages that `source` imports; with `at_load`, only those imported when the module loads
     (an import inside a function runs when it is called)."""
     tops: set[str] = set()
-    pending: list[ast.AST] = [ast.parse(source)]
+    pending: list[ast.AST] = [parse_python(source)]
     while pending:
         node = pending.pop()
         if at_load and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
@@ -128,13 +130,13 @@ def test_the_load_time_import_check_tells_module_level_from_function_level() -> 
 def test_every_module_says_what_it_is_for() -> None:
     missing = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                if p.name != "__init__.py" or p.read_text().strip()
-               if ast.get_docstring(ast.parse(p.read_text())) is None]
+               if ast.get_docstring(parse_python(p.read_text())) is None]
     assert not missing, f"modules without a docstring: {missing}"
 
 
 def _manifest_fields() -> set[str]:
     """Every field name of the manifest types (defs/manifests.py), read from its source."""
-    tree = ast.parse((PACKAGE / "defs" / "manifests.py").read_text())
+    tree = parse_python((PACKAGE / "defs" / "manifests.py").read_text())
     return {node.target.id for cls in tree.body if isinstance(cls, ast.ClassDef) for node in cls.body
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
 
@@ -147,7 +149,7 @@ def _manifest_keys(source: str, fields: set[str]) -> list[tuple[int, str]]:
     """(line, key) of each manifest field name read as a string key: x["key"] (not an assignment) or x.get("key")."""
     lines = source.splitlines()
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse_python(source)):
         if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
             key, receiver = node.slice, node.value
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import gc
 import hashlib
 import importlib.util
 import json
@@ -50,10 +51,30 @@ def read_source(module: str) -> str:
     return Path(spec.origin).read_text(encoding="utf-8").replace("\r\n", "\n")
 
 
+def parse_python(source: str) -> ast.Module:
+    """`ast.parse(source)` with the garbage collector paused while it runs.
+
+    On CPython 3.11 up to at least 3.11.7 (3.12.1 and 3.13.0 are fine, both checked), the converter
+    that builds the tree keeps its recursion depth in state shared by the whole interpreter. When a
+    collection triggered by its allocations runs a finalizer that parses too (on 3.11, logging a
+    traceback does: the caret anchors under each line come from `ast.parse`), the outer parse fails
+    with "SystemError: AST constructor recursion depth mismatch" (CPython gh-106905). SQLAlchemy logs
+    such a traceback when it finalizes a connection left open by another thread. With no collection
+    during the parse, no finalizer runs inside it; they run at the next collection instead.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(source)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _core_imports(module: str, source: str) -> set[str]:
     """The vae_pipeline.core modules (or packages) that `source` imports, at any depth of the file."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse_python(source)):
         if isinstance(node, ast.Import):
             candidates = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:  # `from . import x` (no module) is not used in core
