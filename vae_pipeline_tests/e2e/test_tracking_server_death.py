@@ -39,6 +39,19 @@ def train(data_dir: Path, source_dir: Path, uri: str, instance: dg.DagsterInstan
     return materialize_training(data_dir, source_dir, uri=uri, instance=instance, **SLOW_TRAINING)
 
 
+def train_in_this_thread(data_dir: Path, source_dir: Path, uri: str) -> dg.ExecuteInProcessResult:
+    """`train` on an instance made and closed in the calling thread.
+
+    An ephemeral instance keeps in-memory SQLite connections, which only the thread that opened them may
+    close. Left open, the instance outlived the test (Dagster's step contexts still held it) and was
+    finalized by the garbage collector on the main thread during a later test: SQLAlchemy logged a
+    traceback from inside that collection, and on CPython 3.11.7 formatting it broke the `ast.parse`
+    that test was running ("AST constructor recursion depth mismatch"; see defs/reuse.parse_python).
+    """
+    with dg.DagsterInstance.ephemeral() as instance:
+        return train(data_dir, source_dir, uri, instance)
+
+
 def test_a_killed_server_fails_the_step_in_bounded_time_and_a_restart_resumes(
     tmp_path: Path, mnist_slice_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -52,7 +65,7 @@ def test_a_killed_server_fails_the_step_in_bounded_time_and_a_restart_resumes(
         # 1. Train in a thread; kill the server once the first epoch is checkpointed.
         outcome: dict[str, dg.ExecuteInProcessResult] = {}
         worker = threading.Thread(
-            target=lambda: outcome.update(result=train(data_dir, mnist_slice_dir, server.url, dg.DagsterInstance.ephemeral())),
+            target=lambda: outcome.update(result=train_in_this_thread(data_dir, mnist_slice_dir, server.url)),
             daemon=True,  # on a hang the test fails below and the interpreter need not wait for it
         )
         worker.start()
