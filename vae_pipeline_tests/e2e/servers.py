@@ -124,7 +124,7 @@ def listening_addresses(server: Server) -> set[str]:
     """The local IP addresses that the server's process group listens on (TCP)."""
     import psutil
 
-    group = {p.pid for p in psutil.process_iter() if _pgid(p.pid) == server.process.pid}
+    group = {p.pid for p in _group_processes(server.process.pid)}
     return {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.pid in group}
 
 
@@ -133,13 +133,19 @@ def group_commands(group: int) -> list[str]:
     import psutil
 
     commands = []
-    for process in psutil.process_iter():
-        if _pgid(process.pid) == group:
-            try:
-                commands.append(" ".join(process.cmdline()))
-            except (psutil.NoSuchProcess, psutil.ZombieProcess):
-                continue
+    for process in _group_processes(group):
+        try:
+            commands.append(" ".join(process.cmdline()))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
     return commands
+
+
+def _group_processes(group: int) -> list:  # of psutil.Process (psutil is imported where used)
+    """The live processes of process group `group`."""
+    import psutil
+
+    return [p for p in psutil.process_iter() if _pgid(p.pid) == group]
 
 
 def _pgid(pid: int) -> int | None:
