@@ -34,7 +34,7 @@ OWN_SERVERS = ("e2e/test_tracking_server_death.py",)
 
 # Files of a minute or more (--durations, three workers on two cores): handed out right after the
 # groups, so that short files fill the workers' last minutes, not a long file started last (before,
-# test_sweep_script's 90 s began after one worker had run out of work).
+# test_sweep_script's 90 s began after the other workers had nothing left).
 LONG_FILES = ("defs/test_automation.py", "defs/test_dg_cli.py", "defs/test_stale_runs.py", "defs/test_sweep_script.py",
               "e2e/test_tracking_server_death.py")
 
