@@ -10,9 +10,8 @@ attribute pytest no longer reads), so the suite brings its own scheduler, chosen
 - the files that read the session's tiny graph together, so it is built once;
 - any other file on its own.
 
-The longest units go first, one to each worker, then the files of a minute or more, and the short
-files fill in around them; the suite's session fixtures are per worker, so grouping is what keeps
-each server started once.
+The longest units go first, one to each worker, and the short files fill in around them; the
+suite's session fixtures are per worker, so grouping is what keeps each server started once.
 """
 
 from __future__ import annotations
@@ -30,13 +29,6 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 # End-to-end files that start servers of their own (not the shared ones): a work unit each, like any other file.
 OWN_SERVERS = ("e2e/test_tracking_server_death.py",)
-
-
-# Files of a minute or more (--durations, three workers on two cores): handed out right after the
-# groups, so that short files fill the workers' last minutes, not a long file started last (before,
-# test_sweep_script's 90 s began after the other workers had nothing left).
-LONG_FILES = ("defs/test_automation.py", "defs/test_dg_cli.py", "defs/test_stale_runs.py", "defs/test_sweep_script.py",
-              "e2e/test_tracking_server_death.py")
 
 
 # More workers than this only start more servers and interpreters: the suite has three long units.
@@ -59,12 +51,12 @@ def group_of(nodeid: str) -> tuple[int, str]:
     """(rank, scope) of a test: the rank orders the work units, the scope names the one it belongs to."""
     path = nodeid.split("::", 1)[0]
     relative = path.removeprefix(TESTS)
-    if relative.startswith(OWN_SERVERS + LONG_FILES):
+    if relative.startswith(OWN_SERVERS):
         return len(GROUPS), path
     for rank, (scope, prefixes) in enumerate(GROUPS.items()):
         if relative.startswith(prefixes):
             return rank, scope
-    return len(GROUPS) + 1, path
+    return len(GROUPS), path
 
 
 class GroupedScheduling(LoadScopeScheduling):

@@ -22,7 +22,3 @@ def test_tests_that_share_a_server_or_built_state_share_a_unit() -> None:
     assert group_of("vae_pipeline_tests/core/test_atomic.py::test_a")[1] == "vae_pipeline_tests/core/test_atomic.py"
     # the long units are handed out first, the team deployment before all
     assert group_of(e2e + "test_team.py::test_a")[0] < group_of(e2e + "test_faults.py::t")[0] < group_of("vae_pipeline_tests/core/test_atomic.py::t")[0]
-    # then the files of a minute or more, before the short ones
-    tiny_graph, long_file = group_of("vae_pipeline_tests/defs/test_state.py::t")[0], group_of("vae_pipeline_tests/defs/test_dg_cli.py::t")[0]
-    assert tiny_graph < long_file < group_of("vae_pipeline_tests/defs/test_manifests.py::t")[0]
-    assert group_of("vae_pipeline_tests/defs/test_dg_cli.py::t")[1] == "vae_pipeline_tests/defs/test_dg_cli.py"  # still a unit of its own
