@@ -9,6 +9,7 @@ of random bytes or an unknown URI scheme only when training started, after inges
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import tempfile
@@ -19,6 +20,9 @@ from urllib.parse import urlparse
 # an MLflow server, a folder (file store), Databricks and Unity Catalog.
 KNOWN_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks", "databricks-uc", "uc")
 SQLITE_HEADER = b"SQLite format 3\x00"
+# What a read-only connection answers for a store whose last writer died mid-transaction (a rollback
+# journal to play back, or a WAL to recover): the store is whole once a writer has done that.
+INTERRUPTED_WRITE = ("SQLITE_READONLY_ROLLBACK", "SQLITE_READONLY_RECOVERY")
 TRACKING_FIX = "unset MLFLOW_TRACKING_URI to use the data folder's own store, or point it (or the tracking_uri resource config) at"
 
 
@@ -102,16 +106,29 @@ def _check_sqlite_file(db: Path) -> None:
             f"or another file. Move it away (MLflow then starts a new, empty store there) or restore it from a backup; "
             f"or {TRACKING_FIX} another store."
         )
+    error = _open_error(db, "ro")
+    if error is not None and getattr(error, "sqlite_errorname", None) in INTERRUPTED_WRITE:  # Python 3.11+ names it
+        # A writer died mid-transaction and left its journal beside the file: a read-only connection may not roll
+        # it back, a writer does (SQLite, on opening; MLflow's connection would, first thing).
+        if _writable(db.parent) is not None:
+            return  # the caller names the folder that cannot be written
+        error = _open_error(db, "rw")
+    if error is None or "locked" in str(error):  # locked: another process is writing it, in use, not damaged
+        return
+    raise StoreError(
+        f"the MLflow store {db} cannot be opened as a database ({error}): it is damaged. Move it away (MLflow then starts "
+        f"a new store) or restore it from a backup."
+    ) from error
+
+
+def _open_error(db: Path, mode: str) -> sqlite3.DatabaseError | None:
+    """What SQLite answers when `db` is opened (mode "ro" or "rw") and its schema read; None when that works."""
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode={mode}", uri=True)) as con:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
-        if "locked" in str(exc):  # another process is writing it: in use, not damaged
-            return
-        raise StoreError(
-            f"the MLflow store {db} cannot be opened as a database ({exc}): it is damaged. Move it away (MLflow then starts "
-            f"a new store) or restore it from a backup."
-        ) from exc
+        return exc
+    return None
 
 
 __all__ = ["KNOWN_SCHEMES", "StoreError", "check_data_folder", "check_tracking_uri"]

@@ -7,7 +7,9 @@ that is a file failed with a bare OSError.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -69,6 +71,25 @@ class TestTrackingStore:
         db.write_bytes(db.read_bytes()[:16] + b"\xff" * 200)  # SQLite's header, then garbage where the page header was
         with pytest.raises(StoreError, match="cannot be opened as a database .* it is damaged"):
             check_tracking_uri(f"sqlite:///{db}")
+
+    def test_a_store_whose_writer_was_killed_mid_transaction_is_rolled_back_not_called_damaged(self, tmp_path: Path) -> None:
+        """What a kill -9 during an MLflow write leaves: the database and its journal (a hot journal). Before: a
+        read-only check could not roll it back, and the store was called damaged, with the advice to move it away."""
+        db, crashed = tmp_path / "mlflow.db", tmp_path / "crashed"
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            con.execute("CREATE TABLE t (x)")
+            con.execute("INSERT INTO t VALUES ('committed')")
+            con.commit()
+            con.execute("PRAGMA cache_size=10")  # the transaction below spills into the file before it commits
+            con.execute("INSERT INTO t SELECT randomblob(4000) FROM (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 "
+                        "FROM c WHERE i < 300) SELECT i FROM c)")
+            crashed.mkdir()  # the files as the killed writer left them: no process holds their locks
+            for name in ("mlflow.db", "mlflow.db-journal"):
+                shutil.copy(tmp_path / name, crashed / name)
+        check_tracking_uri(f"sqlite:///{crashed / 'mlflow.db'}")
+        assert not (crashed / "mlflow.db-journal").exists()  # rolled back...
+        with contextlib.closing(sqlite3.connect(crashed / "mlflow.db")) as con:
+            assert con.execute("SELECT x FROM t").fetchall() == [("committed",)]  # ...to the last commit
 
     def test_usable_stores_pass(self, tmp_path: Path) -> None:
         check_tracking_uri(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")  # created on first use
