@@ -8,4 +8,9 @@ cd "$(dirname "$0")/.."
 extras="${1:-}"
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
-UV_LINK_MODE=copy .venv/bin/uv pip install --quiet --python .venv/bin/python --constraint constraints.txt --editable ".${extras}"
+# --compile-bytecode: the installed packages' .pyc files are written here, once, not by each process that
+# imports them. Where Python may not write them (PYTHONDONTWRITEBYTECODE=1, set on the machines this project
+# is developed on, or a read-only venv) every process compiled torch, dagster, mlflow and scipy from source:
+# loading the definitions took 11.7 s instead of 5.0 s, and the test suite starts some fifty such processes.
+UV_LINK_MODE=copy .venv/bin/uv pip install --quiet --python .venv/bin/python --constraint constraints.txt --compile-bytecode \
+  --editable ".${extras}"
