@@ -39,9 +39,9 @@ def worker_count(cores: int, markexpr: str) -> int:
     """The workers for `-n auto` (scripts/test.sh): one per core, and one more when the slow tests run.
 
     The slow tests wait a lot (a backfill daemon's 30 s ticks, run workers starting, a lost Celery
-    task's redelivery), and a third worker fills those waits: the whole suite took 835 s of pytest with
-    three workers on two cores, 906 s with two. The fast tier only computes, so it gets one worker a
-    core: 68 s with two workers, 85 s with three.
+    task's redelivery), and a third worker fills those waits: the whole suite took 593-617 s of pytest
+    with three workers on two cores, 634 s with two. The fast tier only computes, so it gets one worker
+    a core: 50-57 s with two workers, 69 s with three (docs/testing.md, "Workers").
     """
     fast_tier_only = "not slow" in markexpr
     return max(1, min(cores if fast_tier_only else cores + 1, MAX_WORKERS))
