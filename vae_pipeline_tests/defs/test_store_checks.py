@@ -29,6 +29,21 @@ def _failure_before_any_step(result: dg.ExecuteInProcessResult) -> str:
     return str(failure.event_specific_data.error)
 
 
+def _leave_a_hot_journal(writer: Path, crashed: Path) -> None:
+    """Copies into `crashed` an mlflow.db and the journal of a transaction that never ended, as a killed writer leaves
+    them (no process holds their locks); rolled back, the table holds the one committed row."""
+    writer.mkdir()
+    with contextlib.closing(sqlite3.connect(writer / "mlflow.db")) as con:
+        con.execute("CREATE TABLE t (x)")
+        con.execute("INSERT INTO t VALUES ('committed')")
+        con.commit()
+        con.execute("PRAGMA cache_size=10")  # the transaction below spills into the file before it commits
+        con.execute("INSERT INTO t SELECT randomblob(4000) FROM (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 "
+                    "FROM c WHERE i < 300) SELECT i FROM c)")
+        for name in ("mlflow.db", "mlflow.db-journal"):
+            shutil.copy(writer / name, crashed / name)
+
+
 @pytest.fixture
 def read_only_folder(tmp_path: Path) -> Iterator[Path]:
     """A folder nobody can create files in: a read-only mount for root (permission bits do not bind root), else mode 555."""
@@ -75,21 +90,30 @@ class TestTrackingStore:
     def test_a_store_whose_writer_was_killed_mid_transaction_is_rolled_back_not_called_damaged(self, tmp_path: Path) -> None:
         """What a kill -9 during an MLflow write leaves: the database and its journal (a hot journal). Before: a
         read-only check could not roll it back, and the store was called damaged, with the advice to move it away."""
-        db, crashed = tmp_path / "mlflow.db", tmp_path / "crashed"
-        with contextlib.closing(sqlite3.connect(db)) as con:
-            con.execute("CREATE TABLE t (x)")
-            con.execute("INSERT INTO t VALUES ('committed')")
-            con.commit()
-            con.execute("PRAGMA cache_size=10")  # the transaction below spills into the file before it commits
-            con.execute("INSERT INTO t SELECT randomblob(4000) FROM (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 "
-                        "FROM c WHERE i < 300) SELECT i FROM c)")
-            crashed.mkdir()  # the files as the killed writer left them: no process holds their locks
-            for name in ("mlflow.db", "mlflow.db-journal"):
-                shutil.copy(tmp_path / name, crashed / name)
+        crashed = tmp_path / "crashed"
+        crashed.mkdir()
+        _leave_a_hot_journal(tmp_path / "writer", crashed)
         check_tracking_uri(f"sqlite:///{crashed / 'mlflow.db'}")
         assert not (crashed / "mlflow.db-journal").exists()  # rolled back...
         with contextlib.closing(sqlite3.connect(crashed / "mlflow.db")) as con:
             assert con.execute("SELECT x FROM t").fetchall() == [("committed",)]  # ...to the last commit
+
+    def test_a_killed_writers_store_in_a_read_only_folder_is_named_as_unwritable_and_left_as_it_is(self, tmp_path: Path) -> None:
+        folder = tmp_path / "read-only-crashed"
+        folder.mkdir()
+        mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
+                                                       capture_output=True, check=False).returncode == 0
+        if not mounted:
+            pytest.skip("needs root and tmpfs to make a folder read-only for root (mode bits do not bind root)")
+        try:
+            _leave_a_hot_journal(tmp_path / "writer", folder)
+            before = {p.name: p.read_bytes() for p in folder.iterdir()}
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+            with pytest.raises(StoreError, match=f"the MLflow store {folder}/mlflow.db cannot be written: {folder}"):
+                check_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+            assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+        finally:
+            subprocess.run(["umount", str(folder)], check=True)
 
     def test_usable_stores_pass(self, tmp_path: Path) -> None:
         check_tracking_uri(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")  # created on first use
