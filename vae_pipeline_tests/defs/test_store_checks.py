@@ -12,7 +12,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -45,20 +45,28 @@ def _leave_a_hot_journal(writer: Path, crashed: Path) -> None:
 
 
 @pytest.fixture
-def read_only_folder(tmp_path: Path) -> Iterator[Path]:
-    """A folder nobody can create files in: a read-only mount for root (permission bits do not bind root), else mode 555."""
+def folder_to_lock(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """A folder to fill, and what makes it one nobody can create files in: a tmpfs remounted read-only for root
+    (permission bits do not bind root), else mode 555."""
     folder = tmp_path / "read-only"
     folder.mkdir()
     if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
+        yield folder, lambda: folder.chmod(0o555)
         folder.chmod(0o755)
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True, text=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
-        pytest.skip(f"root cannot mount a read-only tmpfs here ({mounted.stderr.strip()}), and mode bits do not bind root")
-    yield folder
+        pytest.skip(f"root cannot mount a tmpfs here ({mounted.stderr.strip()}), and mode bits do not bind root")
+    yield folder, lambda: subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
     subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def read_only_folder(folder_to_lock: tuple[Path, Callable[[], None]]) -> Path:
+    """An empty folder nobody can create files in."""
+    folder, lock = folder_to_lock
+    lock()
+    return folder
 
 
 class TestTrackingStore:
@@ -98,22 +106,16 @@ class TestTrackingStore:
         with contextlib.closing(sqlite3.connect(crashed / "mlflow.db")) as con:
             assert con.execute("SELECT x FROM t").fetchall() == [("committed",)]  # ...to the last commit
 
-    def test_a_killed_writers_store_in_a_read_only_folder_is_named_as_unwritable_and_left_as_it_is(self, tmp_path: Path) -> None:
-        folder = tmp_path / "read-only-crashed"
-        folder.mkdir()
-        mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
-                                                       capture_output=True, check=False).returncode == 0
-        if not mounted:
-            pytest.skip("needs root and tmpfs to make a folder read-only for root (mode bits do not bind root)")
-        try:
-            _leave_a_hot_journal(tmp_path / "writer", folder)
-            before = {p.name: p.read_bytes() for p in folder.iterdir()}
-            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-            with pytest.raises(StoreError, match=f"the MLflow store {folder}/mlflow.db cannot be written: {folder}"):
-                check_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
-            assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-        finally:
-            subprocess.run(["umount", str(folder)], check=True)
+    def test_a_killed_writers_store_in_a_read_only_folder_is_named_as_unwritable_and_left_as_it_is(
+        self, folder_to_lock: tuple[Path, Callable[[], None]], tmp_path: Path
+    ) -> None:
+        folder, lock = folder_to_lock
+        _leave_a_hot_journal(tmp_path / "writer", folder)
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        lock()
+        with pytest.raises(StoreError, match=f"the MLflow store {folder}/mlflow.db cannot be written: {folder}"):
+            check_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
     def test_usable_stores_pass(self, tmp_path: Path) -> None:
         check_tracking_uri(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")  # created on first use
